@@ -1,0 +1,118 @@
+"""The dispatcher: picks a gateway for each queued message and hands it over.
+
+It sleeps until woken (a message was queued, a phone connected or reported, an operator
+changed a gateway) or until its slow safety sweep, then claims a batch from PostgreSQL with
+`FOR UPDATE SKIP LOCKED`, sized to what this node's phones can take now, plans it with the
+pure choice policy, and gives each message to its gateway actor. A message it cannot hand
+over goes straight back to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from typing import Callable
+
+import attrs
+import trio
+
+from actors.backoff import SMS_RETRY_SCHEDULE, scheduled_delay
+from actors.choice import plan_batch
+from actors.gateway import GatewayRegistry
+from store import messages as messages_store
+from store.pool import Store
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger("smsgw.dispatcher")
+
+SWEEP_INTERVAL = 2.0   # retries whose backoff ended, and anything a lost wake-up missed
+MAX_BATCH = 500
+
+
+@attrs.define(eq=False)
+class Dispatcher:
+    store: Store
+    registry: GatewayRegistry
+    max_attempts: int = 3
+    rand: Callable[[], float] = random.random
+    on_dispatched: Callable[[list[dict]], None] = lambda rows: None
+    _wakeup: trio.Event = attrs.Factory(trio.Event)
+    dispatched_total: int = 0
+
+    def wake(self) -> None:
+        """Ask for a dispatch round soon; never blocks, safe from any task."""
+        self._wakeup.set()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Dispatch rounds until cancelled. A crash propagates to the supervisor."""
+        task_status.started()
+        while True:
+            with trio.move_on_after(SWEEP_INTERVAL):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            await self.dispatch_round()
+
+    async def dispatch_round(self) -> int:
+        """Claim and hand over as much as the phones can take now; return how many."""
+        total = 0
+        while True:
+            now = trio.current_time()
+            views = [v for v in self.registry.views(now) if v.active and v.online and v.subscribed]
+            capacity = sum(max(0, self.registry.get(v.gateway_id).window - v.in_flight) for v in views)
+            if capacity == 0:
+                return total
+            limit = min(capacity, MAX_BATCH)
+
+            def plan(due: list[dict]) -> list[tuple[str, int]]:
+                batch = [(row["message_id"], row["segments"],
+                          frozenset({row["avoid_gateway_id"]}) if row["avoid_gateway_id"] else frozenset())
+                         for row in due]
+                return [(a.message_id, a.gateway_id) for a in plan_batch(batch, views)]
+
+            rows, _left = await self.store.run(messages_store.claim_for_dispatch, limit, plan)
+            if not rows:
+                return total
+            await self._hand_over(rows)
+            total += len(rows)
+            self.dispatched_total += len(rows)
+            if len(rows) < limit:
+                return total
+
+    async def _hand_over(self, rows: list[dict]) -> None:
+        lost: dict[int, list[str]] = {}
+        for row in rows:
+            actor = self.registry.get(row["gateway_id"])
+            if actor is None or actor.close_reason is not None:
+                lost.setdefault(row["gateway_id"], []).append(row["message_id"])
+                continue
+            await actor.deliver(row)
+        self.on_dispatched(rows)
+        for gateway_id, message_ids in lost.items():
+            with trio.CancelScope(shield=True):
+                await self.store.run(messages_store.requeue_dispatched, gateway_id, message_ids)
+            self.wake()
+
+    async def report(self, gateway: dict, message_id: str, status: str, error_message: str | None) -> None:
+        """Apply a phone's delivery report (socket or REST); raise `UnknownMessage` if it was
+        never this gateway's message. Idempotent."""
+        outcome = await self.store.run(
+            messages_store.apply_report, gateway, message_id, status, error_message,
+            max_attempts=self.max_attempts, retry_delay=self._retry_delay)
+        if status in ("sent", "delivered", "failed"):
+            self.registry.settled(gateway["id"], message_id)
+        if outcome.requeued:
+            self.wake()
+
+    def _retry_delay(self, attempt: int) -> float | None:
+        return scheduled_delay(SMS_RETRY_SCHEDULE, attempt, rand=self.rand)
+
+    async def requeue(self, gateway_id: int, message_ids: list[str]) -> int:
+        """Return messages a closed socket still held to the queue, then wake up."""
+        if not message_ids:
+            return 0
+        with trio.CancelScope(shield=True):
+            n = await self.store.run(messages_store.requeue_dispatched, gateway_id, message_ids)
+        self.wake()
+        return n

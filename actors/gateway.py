@@ -1,0 +1,228 @@
+"""One actor per connected phone, and the registry that holds them.
+
+A `GatewayActor` owns its socket's sending side, the messages handed to it and not yet
+reported sent (`in_flight`), its health and its send budget (a token bucket in segments). It
+lives exactly as long as its `/cable` connection; when it ends, whatever it still held goes
+back to the queue. The `GatewayRegistry` is the node's index of live actors: the dispatcher
+reads capacity from it and hands messages to it, admin routes read live health from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime, timezone
+from typing import Awaitable, Callable
+
+import attrs
+import trio
+
+from actors.choice import GatewayView
+from actors.rates import TokenBucket
+from actors.segments import MAX_SEGMENTS
+from web import cable_protocol as cable
+
+__all__ = ["GatewayActor", "GatewayRegistry", "Replaced", "WINDOW_LIMITED", "WINDOW_UNLIMITED"]
+
+log = logging.getLogger("smsgw.gateway")
+
+PING_INTERVAL = 3.0
+SEND_DEADLINE = 3 * PING_INTERVAL  # a socket that cannot take a frame for 3 pings is dead
+HEARTBEAT_TIMEOUT = 120.0          # no frame from the phone for 2 minutes: close it
+WINDOW_LIMITED = 10                # messages handed to a rate-limited phone and not yet sent
+WINDOW_UNLIMITED = 200             # ... to a phone whose limit is lifted
+
+
+class Replaced(Exception):
+    """A newer connection of the same device took over."""
+
+
+@attrs.define(eq=False)
+class GatewayActor:
+    gateway_id: int
+    device_id: str
+    send_text: Callable[[str], Awaitable[None]]
+    active: bool
+    priority: int
+    bucket: TokenBucket
+    identifier: str | None = None  # the confirmed GatewayChannel subscription
+    in_flight: dict[str, int] = attrs.Factory(dict)  # message_id -> segments
+    battery_level: int | None = None
+    signal_strength: int | None = None
+    messages_in_queue: int | None = None
+    last_heartbeat_at: datetime | None = None
+    last_frame_at: float = 0.0
+    connected_at: float = 0.0
+    _send_lock: trio.Lock = attrs.Factory(trio.Lock)
+    _closing: trio.Event = attrs.Factory(trio.Event)
+    close_reason: str | None = None
+
+    @property
+    def subscribed(self) -> bool:
+        return self.identifier is not None
+
+    @property
+    def window(self) -> int:
+        return WINDOW_UNLIMITED if self.bucket.unlimited else WINDOW_LIMITED
+
+    async def send_frame(self, text: str) -> None:
+        """Send one frame, or close the actor when the socket cannot take it in time."""
+        with trio.move_on_after(SEND_DEADLINE) as scope:
+            async with self._send_lock:
+                await self.send_text(text)
+        if scope.cancelled_caught:
+            self.close("stalled")
+
+    def close(self, reason: str) -> None:
+        """Ask the connection to end (idempotent); `run` returns and the socket closes."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._closing.set()
+
+    async def run(self) -> None:
+        """Ping every 3 s and watch the heartbeat until the socket closes or `close` is called.
+
+        Cancellation (the socket closed) ends it at once; cleanup belongs to the registry.
+        """
+        self.last_frame_at = self.connected_at = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keepalive, nursery.cancel_scope)
+            await self._closing.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _keepalive(self, scope: trio.CancelScope) -> None:
+        while True:
+            await trio.sleep(PING_INTERVAL)
+            if trio.current_time() - self.last_frame_at > HEARTBEAT_TIMEOUT:
+                self.close("heartbeat_timeout")
+                return
+            await self.send_frame(cable.ping(int(time.time())))
+
+    def noticed(self) -> None:
+        """Any frame from the phone proves it alive."""
+        self.last_frame_at = trio.current_time()
+
+    def record_heartbeat(self, battery_level: int | None, signal_strength: int | None,
+                         messages_in_queue: int | None) -> None:
+        self.noticed()
+        self.last_heartbeat_at = datetime.now(timezone.utc)
+        if battery_level is not None:
+            self.battery_level = battery_level
+        if signal_strength is not None:
+            self.signal_strength = signal_strength
+        if messages_in_queue is not None:
+            self.messages_in_queue = messages_in_queue
+
+    def view(self, now: float) -> GatewayView:
+        """What the dispatcher's choice policy needs to know of this phone now."""
+        available = self.bucket.available(now)
+        if not math.isinf(available) and available >= self.bucket.capacity - 1e-9:
+            # A full bucket takes even a message longer than its capacity (one, then it is empty).
+            available = max(available, float(MAX_SEGMENTS))
+        free = self.window - len(self.in_flight)
+        return GatewayView(gateway_id=self.gateway_id, priority=self.priority, active=self.active,
+                           online=self.close_reason is None, subscribed=self.subscribed and free > 0,
+                           in_flight=len(self.in_flight), queue_depth=0, budget=available)
+
+    async def deliver(self, row: dict) -> None:
+        """Send one dispatched message to the phone as `send_sms` (at least once)."""
+        self.in_flight[row["message_id"]] = row["segments"]
+        self.bucket.try_take(row["segments"], trio.current_time())
+        if self.identifier is None:
+            return
+        await self.send_frame(cable.message(self.identifier, {
+            "action": "send_sms", "message_id": row["message_id"], "recipient": row["phone_number"],
+            "message": row["body"], "segments": row["segments"],
+            "priority": {0: "high", 1: "normal", 2: "low"}.get(row.get("priority", 1), "normal"),
+        }))
+
+    def settled(self, message_id: str) -> None:
+        """The phone reported on this message: it no longer counts against the window."""
+        self.in_flight.pop(message_id, None)
+
+    def snapshot(self) -> dict:
+        return {
+            "online": self.subscribed and self.close_reason is None, "connected": True,
+            "in_flight": len(self.in_flight), "queue_depth": self.messages_in_queue or 0,
+            "battery_level": self.battery_level, "signal_strength": self.signal_strength,
+            "last_heartbeat_at": self.last_heartbeat_at,
+        }
+
+
+@attrs.define
+class GatewayRegistry:
+    """The node's live gateway actors, by gateway id. Newer connections replace older ones."""
+
+    default_rate_per_minute: int
+    _actors: dict[int, GatewayActor] = attrs.Factory(dict)
+    changed: Callable[[], None] = lambda: None  # wakes the dispatcher
+
+    def attach(self, actor: GatewayActor) -> GatewayActor | None:
+        """Register `actor`; return the older actor of the same gateway it replaces, if any."""
+        older = self._actors.get(actor.gateway_id)
+        self._actors[actor.gateway_id] = actor
+        if older is not None and older is not actor:
+            older.close("replaced")
+            return older
+        return None
+
+    def detach(self, actor: GatewayActor) -> bool:
+        """Forget `actor`; True when no newer actor holds its gateway (it is now offline)."""
+        if self._actors.get(actor.gateway_id) is actor:
+            del self._actors[actor.gateway_id]
+            return True
+        return False
+
+    def get(self, gateway_id: int) -> GatewayActor | None:
+        return self._actors.get(gateway_id)
+
+    def views(self, now: float) -> list[GatewayView]:
+        return [actor.view(now) for actor in self._actors.values()]
+
+    def online_ids(self) -> set[int]:
+        return {gid for gid, a in self._actors.items() if a.subscribed and a.close_reason is None}
+
+    def snapshot(self, gateway_id: int) -> dict | None:
+        actor = self._actors.get(gateway_id)
+        return actor.snapshot() if actor is not None else None
+
+    def bucket_for(self, rate_per_minute: int | None, now: float) -> TokenBucket:
+        rate = self.default_rate_per_minute if rate_per_minute is None else rate_per_minute
+        return TokenBucket.full(rate, now)
+
+    def heartbeat(self, gateway_id: int, battery: int | None, signal: int | None, queue: int | None) -> None:
+        actor = self._actors.get(gateway_id)
+        if actor is not None:
+            actor.record_heartbeat(battery, signal, queue)
+
+    def settings_changed(self, row: dict) -> None:
+        """An operator changed a gateway: apply it to the live actor at once."""
+        actor = self._actors.get(row["id"])
+        if actor is None:
+            return
+        actor.active = row["active"]
+        actor.priority = row["priority"]
+        rate = row["send_rate_per_minute"]
+        actor.bucket.set_rate(self.default_rate_per_minute if rate is None else rate, trio.current_time())
+        if not actor.active:
+            actor.in_flight.clear()  # the store returned its unsent messages to the queue
+        self.changed()
+
+    def key_rotated(self, gateway_id: int) -> None:
+        """The gateway's key changed: a socket opened with the old key must reconnect."""
+        actor = self._actors.get(gateway_id)
+        if actor is not None:
+            actor.close("key_rotated")
+
+    def settled(self, gateway_id: int, message_id: str) -> None:
+        actor = self._actors.get(gateway_id)
+        if actor is not None:
+            actor.settled(message_id)
+            self.changed()
+
+    def close_all(self, reason: str) -> list[GatewayActor]:
+        actors = list(self._actors.values())
+        for actor in actors:
+            actor.close(reason)
+        return actors

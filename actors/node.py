@@ -1,0 +1,26 @@
+"""What one running node shares with its web layer: settings, the store, and the handles
+(mailboxes, registries) of the actors in its tree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from config import Settings
+from store.pool import Store
+
+__all__ = ["Node"]
+
+
+@attrs.define
+class Node:
+    settings: Settings
+    store: Store
+    # Filled in by the supervisor as it starts the tree; routes reach actors only through these.
+    limits: Any = None       # web.ratelimit.RateLimits
+    dispatcher: Any = None   # actors.dispatcher.Dispatcher (its wake() and mailbox)
+    gateways: Any = None     # actors.gateway.GatewayRegistry
+    otp: Any = None          # actors.otp.OtpActor
+    started_at: float = 0.0
+    extra_actors: list = attrs.Factory(list)  # (name, actor) pairs the supervisor runs

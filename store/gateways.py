@@ -1,0 +1,156 @@
+"""Gateways (the phones): registration, heartbeats, admin changes, counters."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from store import keys
+
+__all__ = [
+    "DeviceTaken", "register", "heartbeat", "get", "get_by_device", "list_gateways",
+    "toggle", "update", "mark_offline", "pending_count", "reset_daily_counters",
+]
+
+PUBLIC_COLUMNS = (
+    "id, device_id, name, status, last_heartbeat_at, messages_sent_today, messages_received_today,"
+    " total_messages_sent, total_messages_received, active, priority, metadata, created_at,"
+    " battery_level, signal_strength, messages_in_queue, send_rate_per_minute"
+)
+
+
+class DeviceTaken(Exception):
+    """The device_id belongs to a gateway and the request did not prove it owns it."""
+
+
+def register(conn: psycopg.Connection, device_id: str, name: str, presented_key: str | None) -> tuple[dict, str]:
+    """Create a gateway and its key, or rotate the key of an existing one.
+
+    An existing device_id is taken only with that gateway's own live key (rotation);
+    anyone else gets `DeviceTaken`, so knowing a device_id is not enough to take a phone over.
+    """
+    row = conn.execute(
+        "INSERT INTO gateways (device_id, name) VALUES (%s, %s)"
+        " ON CONFLICT (device_id) DO NOTHING RETURNING id",
+        (device_id, name),
+    ).fetchone()
+    if row is None:
+        existing = conn.execute(
+            "SELECT id FROM gateways WHERE device_id = %s FOR UPDATE", (device_id,)
+        ).fetchone()
+        owner = keys.find_key(conn, presented_key) if presented_key else None
+        if owner is None or owner.gateway_id != existing["id"]:
+            raise DeviceTaken(device_id)
+        conn.execute("UPDATE gateways SET name = %s, updated_at = now() WHERE id = %s",
+                     (name, existing["id"]))
+        gateway_id = existing["id"]
+    else:
+        gateway_id = row["id"]
+    key = keys.issue_gateway_key(conn, gateway_id, name)
+    return get(conn, gateway_id), key
+
+
+def heartbeat(conn: psycopg.Connection, gateway_id: int, *, battery_level: int | None,
+              signal_strength: int | None, messages_in_queue: int | None) -> int:
+    """Record a heartbeat, mark the gateway online; return its pending message count."""
+    conn.execute(
+        "UPDATE gateways SET status = 'online', last_heartbeat_at = now(), updated_at = now(),"
+        " battery_level = COALESCE(%s, battery_level), signal_strength = COALESCE(%s, signal_strength),"
+        " messages_in_queue = COALESCE(%s, messages_in_queue) WHERE id = %s",
+        (battery_level, signal_strength, messages_in_queue, gateway_id),
+    )
+    return pending_count(conn, gateway_id)
+
+
+def pending_count(conn: psycopg.Connection, gateway_id: int) -> int:
+    """Messages queued for or assigned to this gateway and not yet sent."""
+    return conn.execute(
+        "SELECT count(*) AS n FROM messages WHERE gateway_id = %s AND status IN ('queued', 'dispatched')",
+        (gateway_id,),
+    ).fetchone()["n"]
+
+
+def get(conn: psycopg.Connection, gateway_id: int) -> dict | None:
+    return conn.execute(f"SELECT {PUBLIC_COLUMNS} FROM gateways WHERE id = %s", (gateway_id,)).fetchone()
+
+
+def get_by_device(conn: psycopg.Connection, device_id: str) -> dict | None:
+    return conn.execute(f"SELECT {PUBLIC_COLUMNS} FROM gateways WHERE device_id = %s", (device_id,)).fetchone()
+
+
+def list_gateways(conn: psycopg.Connection, *, status: str | None = None, active: bool | None = None,
+                  ids: list[int] | None = None, limit: int = 100, offset: int = 0) -> tuple[list[dict], int]:
+    """Gateways by priority then id, filtered; return the page and the total count."""
+    where, params = ["true"], []
+    if status is not None:
+        where.append("status = %s")
+        params.append(status)
+    if active is not None:
+        where.append("active = %s")
+        params.append(active)
+    if ids is not None:
+        where.append("id = ANY(%s)")
+        params.append(ids)
+    clause = " AND ".join(where)
+    total = conn.execute(f"SELECT count(*) AS n FROM gateways WHERE {clause}", params).fetchone()["n"]
+    rows = conn.execute(
+        f"SELECT {PUBLIC_COLUMNS} FROM gateways WHERE {clause} ORDER BY priority, id LIMIT %s OFFSET %s",
+        [*params, limit, offset],
+    ).fetchall()
+    return rows, total
+
+
+def toggle(conn: psycopg.Connection, gateway_id: int) -> dict | None:
+    """Flip `active`; a deactivated gateway's unsent messages go back to the queue."""
+    row = conn.execute(
+        "UPDATE gateways SET active = NOT active, updated_at = now() WHERE id = %s"
+        " RETURNING id, device_id, active",
+        (gateway_id,),
+    ).fetchone()
+    if row is not None and not row["active"]:
+        requeue_unsent(conn, gateway_id)
+    return row
+
+
+def update(conn: psycopg.Connection, gateway_id: int, changes: dict) -> dict | None:
+    """Apply admin changes (name, priority, active, send_rate_per_minute, metadata)."""
+    allowed = {"name", "priority", "active", "send_rate_per_minute", "metadata"}
+    fields = {k: v for k, v in changes.items() if k in allowed}
+    if fields:
+        sets = ", ".join(f"{name} = %s" for name in fields)
+        values = [Jsonb(v) if name == "metadata" else v for name, v in fields.items()]
+        row = conn.execute(
+            f"UPDATE gateways SET {sets}, updated_at = now() WHERE id = %s RETURNING active",
+            [*values, gateway_id],
+        ).fetchone()
+        if row is None:
+            return None
+        if fields.get("active") is False:
+            requeue_unsent(conn, gateway_id)
+    return get(conn, gateway_id)
+
+
+def requeue_unsent(conn: psycopg.Connection, gateway_id: int) -> int:
+    """Return this gateway's dispatched-but-unsent messages to the queue for another gateway."""
+    cur = conn.execute(
+        "UPDATE messages SET status = 'queued', gateway_id = NULL, avoid_gateway_id = %s,"
+        " updated_at = now() WHERE gateway_id = %s AND status IN ('queued', 'dispatched')",
+        (gateway_id, gateway_id),
+    )
+    return cur.rowcount
+
+
+def mark_offline(conn: psycopg.Connection, gateway_id: int) -> bool:
+    """Mark offline and requeue its in-flight messages; True when it was online."""
+    row = conn.execute(
+        "UPDATE gateways g SET status = 'offline', updated_at = now()"
+        " FROM (SELECT status FROM gateways WHERE id = %s FOR UPDATE) old"
+        " WHERE g.id = %s RETURNING old.status",
+        (gateway_id, gateway_id),
+    ).fetchone()
+    requeue_unsent(conn, gateway_id)
+    return row is not None and row["status"] == "online"
+
+
+def reset_daily_counters(conn: psycopg.Connection) -> None:
+    conn.execute("UPDATE gateways SET messages_sent_today = 0, messages_received_today = 0")

@@ -1,0 +1,298 @@
+"""Messages in both directions, and every transition of an outbound message.
+
+`queued → dispatched → sent → delivered`, or `→ failed`; each transition is one function and
+one transaction that sets its timestamp, the gateway's counters and the webhook outbox row.
+Reports are idempotent: a repeat, or a late `sent` after `delivered`, changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Callable, Sequence
+
+import attrs
+import psycopg
+
+from store import outbox
+from store.keys import new_public_id
+
+__all__ = [
+    "NewMessage", "UnknownMessage", "insert_outbound", "get_outbound", "store_inbound",
+    "list_inbound", "apply_report", "claim_for_dispatch", "requeue_dispatched",
+    "release_scheduled", "expire_queued", "bump_counter", "STATUS_FIELDS",
+]
+
+_TODAY = "(now() AT TIME ZONE current_setting('smsgw.day_zone'))::date"
+STATUS_FIELDS = ("message_id, status, phone_number, body, segments, encoding, priority, reference,"
+                 " api_key_id, gateway_id, attempts, error_message, send_at, sent_at, delivered_at,"
+                 " failed_at, created_at, expires_at")
+
+
+class UnknownMessage(Exception):
+    """No such message, or not one this gateway was given."""
+
+
+@attrs.frozen
+class NewMessage:
+    phone_number: str
+    body: str
+    segments: int
+    encoding: str
+    api_key_id: int | None
+    ttl_seconds: int
+    priority: int = 1
+    reference: str | None = None
+    send_at: datetime | None = None
+
+
+def insert_outbound(conn: psycopg.Connection, batch: Sequence[NewMessage]) -> list[dict]:
+    """Insert a batch of outbound messages in one statement; return their rows in order."""
+    columns: tuple[list, ...] = ([], [], [], [], [], [], [], [], [], [], [])
+    for m in batch:
+        values = (new_public_id("msg_"), "scheduled" if m.send_at else "queued", m.phone_number, m.body,
+                  m.segments, m.encoding, m.priority, m.reference, m.api_key_id, m.send_at, m.ttl_seconds)
+        for column, value in zip(columns, values):
+            column.append(value)
+    rows = conn.execute(
+        "INSERT INTO messages (message_id, direction, status, phone_number, body, segments, encoding,"
+        " priority, reference, api_key_id, send_at, expires_at)"
+        " SELECT message_id, 'outbound', status, phone_number, body, segments, encoding, priority,"
+        " reference, api_key_id, send_at, COALESCE(send_at, now()) + make_interval(secs => ttl)"
+        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::smallint[], %s::text[],"
+        " %s::smallint[], %s::text[], %s::bigint[], %s::timestamptz[], %s::int[])"
+        " WITH ORDINALITY AS t(message_id, status, phone_number, body, segments, encoding, priority,"
+        " reference, api_key_id, send_at, ttl, n) ORDER BY n"
+        f" RETURNING {STATUS_FIELDS}",
+        columns,
+    ).fetchall()
+    order = {m: i for i, m in enumerate(columns[0])}
+    return sorted(rows, key=lambda r: order[r["message_id"]])
+
+
+def get_outbound(conn: psycopg.Connection, message_id: str) -> dict | None:
+    return conn.execute(
+        f"SELECT {STATUS_FIELDS} FROM messages WHERE message_id = %s AND direction = 'outbound'",
+        (message_id,),
+    ).fetchone()
+
+
+def bump_counter(conn: psycopg.Connection, name: str, by: int = 1) -> None:
+    """Add to today's counter `name` (the day follows TZ_DAILY_RESET)."""
+    conn.execute(
+        f"INSERT INTO daily_counters (day, name, value) VALUES ({_TODAY}, %s, %s)"
+        " ON CONFLICT (day, name) DO UPDATE SET value = daily_counters.value + EXCLUDED.value",
+        (name, by),
+    )
+
+
+def store_inbound(conn: psycopg.Connection, gateway: dict, sender: str, body: str,
+                  received_at: datetime) -> tuple[str, bool]:
+    """Store an inbound SMS once; return its message_id and whether it was new.
+
+    A phone that resends after a reconnect gets the first row's id back (deduplicated on
+    gateway, sender, timestamp and text).
+    """
+    dedup = hashlib.sha256(f"{sender}\x00{received_at.isoformat()}\x00{body}".encode()).hexdigest()
+    row = conn.execute(
+        "INSERT INTO messages (message_id, direction, status, phone_number, body, gateway_id,"
+        " dedup_key, received_at) VALUES (%s, 'inbound', 'received', %s, %s, %s, %s, %s)"
+        " ON CONFLICT (gateway_id, dedup_key) WHERE direction = 'inbound' DO NOTHING"
+        " RETURNING message_id",
+        (new_public_id("msg_"), sender, body, gateway["id"], dedup, received_at),
+    ).fetchone()
+    if row is None:
+        existing = conn.execute(
+            "SELECT message_id FROM messages WHERE gateway_id = %s AND dedup_key = %s AND direction = 'inbound'",
+            (gateway["id"], dedup),
+        ).fetchone()
+        return existing["message_id"], False
+    conn.execute(
+        "UPDATE gateways SET messages_received_today = messages_received_today + 1,"
+        " total_messages_received = total_messages_received + 1 WHERE id = %s",
+        (gateway["id"],),
+    )
+    outbox.emit(conn, "sms_received", {
+        "message_id": row["message_id"], "from": sender, "message": body,
+        "received_at": outbox.iso(received_at), "gateway_id": gateway["device_id"],
+    })
+    return row["message_id"], True
+
+
+def list_inbound(conn: psycopg.Connection, *, phone_number: str | None, since: datetime | None,
+                 limit: int, page: int) -> tuple[list[dict], int]:
+    """Inbound messages, newest first, filtered; return the page and the total count."""
+    where, params = ["direction = 'inbound'"], []
+    if phone_number is not None:
+        where.append("phone_number = %s")
+        params.append(phone_number)
+    if since is not None:
+        where.append("received_at > %s")
+        params.append(since)
+    clause = " AND ".join(where)
+    total = conn.execute(f"SELECT count(*) AS n FROM messages WHERE {clause}", params).fetchone()["n"]
+    rows = conn.execute(
+        f"SELECT message_id, phone_number, body, received_at FROM messages WHERE {clause}"
+        " ORDER BY received_at DESC, id DESC LIMIT %s OFFSET %s",
+        [*params, limit, (page - 1) * limit],
+    ).fetchall()
+    return rows, total
+
+
+@attrs.frozen
+class ReportOutcome:
+    message_id: str
+    status: str  # the message's status after the report
+    changed: bool
+    requeued: bool = False  # a failure that will be retried on another gateway
+
+
+def apply_report(conn: psycopg.Connection, gateway: dict, message_id: str, status: str,
+                 error_message: str | None, *, max_attempts: int,
+                 retry_delay: Callable[[int], float | None]) -> ReportOutcome:
+    """Apply a phone's `sent` / `delivered` / `failed` report to a message it was given.
+
+    Raises `UnknownMessage` for an id this gateway never held. `retry_delay(attempt)` gives the
+    backoff before the next try of a failed message, or None to give up.
+    """
+    row = conn.execute(
+        "SELECT id, message_id, status, gateway_id, avoid_gateway_id, attempts, api_key_id,"
+        " phone_number, reference, sent_at FROM messages"
+        " WHERE message_id = %s AND direction = 'outbound' FOR UPDATE",
+        (message_id,),
+    ).fetchone()
+    if row is None or gateway["id"] not in (row["gateway_id"], row["avoid_gateway_id"]):
+        raise UnknownMessage(message_id)
+    current = row["status"]
+    if row["gateway_id"] != gateway["id"] or current in ("delivered", "failed", "cancelled"):
+        return ReportOutcome(message_id, current, changed=False)
+    if status == "sent":
+        if current != "dispatched":
+            return ReportOutcome(message_id, current, changed=False)
+        updated = _set_status(conn, row["id"], "sent", sent=True)
+        _count_sent(conn, gateway["id"])
+        _emit_status(conn, "sms_sent", updated, gateway)
+        return ReportOutcome(message_id, "sent", changed=True)
+    if status == "delivered":
+        updated = _set_status(conn, row["id"], "delivered", sent=row["sent_at"] is None, delivered=True)
+        if row["sent_at"] is None:
+            _count_sent(conn, gateway["id"])
+            _emit_status(conn, "sms_sent", updated, gateway)
+        _emit_status(conn, "sms_delivered", updated, gateway)
+        return ReportOutcome(message_id, "delivered", changed=True)
+    # failed
+    delay = retry_delay(row["attempts"]) if row["attempts"] < max_attempts else None
+    if delay is not None:
+        conn.execute(
+            "UPDATE messages SET status = 'queued', gateway_id = NULL, avoid_gateway_id = %s,"
+            " error_message = %s, not_before = now() + make_interval(secs => %s), updated_at = now()"
+            " WHERE id = %s",
+            (gateway["id"], error_message, delay, row["id"]),
+        )
+        return ReportOutcome(message_id, "queued", changed=True, requeued=True)
+    updated = _set_status(conn, row["id"], "failed", failed=True, error=error_message or "failed")
+    bump_counter(conn, "sms_failed")
+    _emit_status(conn, "sms_failed", updated, gateway)
+    return ReportOutcome(message_id, "failed", changed=True)
+
+
+def _set_status(conn: psycopg.Connection, row_id: int, status: str, *, sent: bool = False,
+                delivered: bool = False, failed: bool = False, error: str | None = None) -> dict:
+    return conn.execute(
+        "UPDATE messages SET status = %s, updated_at = now(),"
+        " sent_at = CASE WHEN %s THEN now() ELSE sent_at END,"
+        " delivered_at = CASE WHEN %s THEN now() ELSE delivered_at END,"
+        " failed_at = CASE WHEN %s THEN now() ELSE failed_at END,"
+        " error_message = COALESCE(%s, error_message)"
+        f" WHERE id = %s RETURNING {STATUS_FIELDS}",
+        (status, sent, delivered, failed, error, row_id),
+    ).fetchone()
+
+
+def _count_sent(conn: psycopg.Connection, gateway_id: int) -> None:
+    conn.execute(
+        "UPDATE gateways SET messages_sent_today = messages_sent_today + 1,"
+        " total_messages_sent = total_messages_sent + 1 WHERE id = %s",
+        (gateway_id,),
+    )
+
+
+def _emit_status(conn: psycopg.Connection, event: str, row: dict, gateway: dict) -> None:
+    outbox.emit(conn, event, {
+        "message_id": row["message_id"], "to": row["phone_number"], "status": row["status"],
+        "reference": row["reference"], "sent_at": outbox.iso(row["sent_at"]),
+        "delivered_at": outbox.iso(row["delivered_at"]), "failed_at": outbox.iso(row["failed_at"]),
+        "error_message": row["error_message"], "gateway_id": gateway["device_id"],
+    }, owner_key_id=row["api_key_id"])
+
+
+def claim_for_dispatch(conn: psycopg.Connection, limit: int,
+                       plan: Callable[[list[dict]], list[tuple[str, int]]]) -> tuple[list[dict], int]:
+    """Claim up to `limit` due queued messages (SKIP LOCKED), let `plan` pick a gateway for
+    each, and mark the planned ones dispatched; return the dispatched rows and how many due
+    rows were left queued for want of a gateway.
+
+    Several nodes may claim at once: a row locked by one is skipped by the others, so no
+    message goes to two gateways. Rows that `plan` leaves out stay queued.
+    """
+    due = conn.execute(
+        "SELECT id, message_id, phone_number, body, segments, avoid_gateway_id, priority"
+        " FROM messages WHERE status = 'queued' AND (not_before IS NULL OR not_before <= now())"
+        " ORDER BY priority, id LIMIT %s FOR UPDATE SKIP LOCKED",
+        (limit,),
+    ).fetchall()
+    if not due:
+        return [], 0
+    chosen = dict(plan(due))
+    if not chosen:
+        return [], len(due)
+    ids = list(chosen)
+    gateway_ids = [chosen[m] for m in ids]
+    rows = conn.execute(
+        "UPDATE messages m SET status = 'dispatched', gateway_id = a.gateway_id, dispatched_at = now(),"
+        " attempts = m.attempts + 1, updated_at = now()"
+        " FROM unnest(%s::text[], %s::bigint[]) AS a(message_id, gateway_id)"
+        " WHERE m.message_id = a.message_id"
+        " RETURNING m.message_id, m.phone_number, m.body, m.segments, m.gateway_id, m.priority",
+        (ids, gateway_ids),
+    ).fetchall()
+    return rows, len(due) - len(rows)
+
+
+def requeue_dispatched(conn: psycopg.Connection, gateway_id: int, message_ids: Sequence[str] | None = None) -> int:
+    """Return dispatched-but-unsent messages of a gateway to the queue (its socket closed)."""
+    extra, params = "", [gateway_id, gateway_id]
+    if message_ids is not None:
+        extra = " AND message_id = ANY(%s)"
+        params.append(list(message_ids))
+    cur = conn.execute(
+        "UPDATE messages SET status = 'queued', gateway_id = NULL, avoid_gateway_id = %s, updated_at = now()"
+        " WHERE gateway_id = %s AND status = 'dispatched'" + extra,
+        params,
+    )
+    return cur.rowcount
+
+
+def release_scheduled(conn: psycopg.Connection) -> int:
+    """Move scheduled messages whose `send_at` has come into the queue."""
+    return conn.execute(
+        "UPDATE messages SET status = 'queued', updated_at = now()"
+        " WHERE status = 'scheduled' AND send_at <= now()"
+    ).rowcount
+
+
+def expire_queued(conn: psycopg.Connection) -> int:
+    """Fail queued messages past their TTL with `error_message: "expired"`."""
+    rows = conn.execute(
+        "UPDATE messages SET status = 'failed', failed_at = now(), error_message = 'expired',"
+        f" updated_at = now() WHERE status = 'queued' AND expires_at <= now() RETURNING {STATUS_FIELDS}"
+    ).fetchall()
+    if rows:
+        bump_counter(conn, "sms_failed", len(rows))
+    for row in rows:
+        outbox.emit(conn, "sms_failed", {
+            "message_id": row["message_id"], "to": row["phone_number"], "status": "failed",
+            "reference": row["reference"], "sent_at": None, "delivered_at": None,
+            "failed_at": outbox.iso(row["failed_at"]), "error_message": "expired", "gateway_id": None,
+        }, owner_key_id=row["api_key_id"])
+    return len(rows)

@@ -1,0 +1,77 @@
+"""The Quart-Trio application: blueprints, CORS, body limits and the one place where errors
+become `{"error": "…"}` JSON. No business rule lives here."""
+
+from __future__ import annotations
+
+import logging
+
+import quart_cors
+from quart import Response, current_app, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from actors.node import Node
+from store.pool import StoreUnavailable
+from web import admin_api, cable, gateway_api, sms_api
+from web.errors import ApiError
+from web.openapi import DOCS_PAGE, build_spec
+
+__all__ = ["create_app", "MAX_BODY_BYTES"]
+
+log = logging.getLogger("smsgw.web")
+MAX_BODY_BYTES = 64 * 1024
+EXPOSED_HEADERS = ["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
+
+
+def create_app(node: Node) -> QuartTrio:
+    """The app serving REST and `/cable` for `node`."""
+    app = QuartTrio("smsgw")
+    app.config.update(NODE=node, MAX_CONTENT_LENGTH=MAX_BODY_BYTES, PROVIDE_AUTOMATIC_OPTIONS=True,
+                      JSON_SORT_KEYS=False)
+    app.json.sort_keys = False
+    for blueprint in (gateway_api.blueprint, sms_api.blueprint, admin_api.blueprint, cable.blueprint):
+        app.register_blueprint(blueprint)
+
+    origins = node.settings.allowed_origins
+    quart_cors.cors(app, allow_origin="*" if origins == ("*",) else list(origins),
+                    allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+                    allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+                    expose_headers=EXPOSED_HEADERS, max_age=600)
+
+    @app.get("/up")
+    async def up():
+        if await node.store.ping():
+            return {"status": "ok"}
+        return {"status": "unavailable", "error": "database unavailable"}, 503
+
+    @app.get("/openapi.json")
+    async def openapi():
+        return build_spec(app)
+
+    @app.get("/docs")
+    async def docs():
+        return Response(DOCS_PAGE, content_type="text/html; charset=utf-8")
+
+    @app.errorhandler(ApiError)
+    async def api_error(exc: ApiError):
+        return exc.body(), exc.status, exc.headers
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException):
+        messages = {404: "Not found", 405: "Method not allowed", 413: "Request body too large (limit 64 KiB)"}
+        headers = {}
+        if exc.code == 405 and getattr(exc, "valid_methods", None):
+            headers["Allow"] = ", ".join(exc.valid_methods)
+        return {"error": messages.get(exc.code, exc.description or exc.name)}, exc.code, headers
+
+    @app.errorhandler(StoreUnavailable)
+    async def store_down(exc: StoreUnavailable):
+        log.warning("database unavailable: %s", exc)
+        return {"error": "Service temporarily unavailable (database)"}, 503, {"Retry-After": "5"}
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return {"error": "Internal server error"}, 500
+
+    return app

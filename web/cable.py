@@ -1,0 +1,212 @@
+"""`/cable`: the Action Cable endpoint the gateway phones hold open.
+
+The shell around the sans-IO core in web/cable_protocol.py: authenticate, accept with the
+`actioncable-v1-json` subprotocol, run the phone's `GatewayActor` beside the receive loop,
+and turn the phone's actions into the same effects as the REST gateway endpoints. When the
+socket ends, whatever the actor still held goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+
+import trio
+from pydantic import ValidationError
+from quart import Blueprint, current_app, websocket
+from quart_cors import cors_exempt
+
+from actors.gateway import GatewayActor
+from store import gateways as gateways_store
+from store import keys as keys_store
+from store import messages as messages_store
+from store.outbox import emit
+from web import cable_protocol as cable
+from web.models import HeartbeatRequest, InboundRequest, StatusReportRequest
+
+__all__ = ["blueprint"]
+
+log = logging.getLogger("smsgw.cable")
+blueprint = Blueprint("cable", __name__)
+
+
+def _presented_key() -> str | None:
+    key = websocket.args.get("api_key")
+    if key:
+        return key
+    scheme, _, value = websocket.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _origin_allowed(allowed: tuple[str, ...]) -> bool:
+    origin = websocket.headers.get("Origin")
+    return origin is None or allowed == ("*",) or origin.rstrip("/") in allowed
+
+
+@blueprint.websocket("/cable")
+@cors_exempt  # phones send no Origin; a present one is checked below, the Action Cable way
+async def cable_endpoint():
+    node = current_app.config["NODE"]
+    presented = _presented_key()
+    key = None
+    if presented and presented.startswith(keys_store.GATEWAY_PREFIX) and len(presented) < 200:
+        key = await node.store.run(keys_store.find_key, presented)
+    await websocket.accept(subprotocol=cable.SUBPROTOCOL
+                           if cable.SUBPROTOCOL in websocket.requested_subprotocols else None)
+    if key is None or key.kind != "gateway" or not _origin_allowed(node.settings.allowed_origins):
+        reason = "unauthorized" if key is None or key.kind != "gateway" else "invalid_request"
+        log.info("cable refused (%s)", reason)
+        await websocket.send(cable.disconnect(reason, reconnect=False))
+        await websocket.close(1000)
+        return
+    gateway = await node.store.run(gateways_store.get, key.gateway_id)
+    if gateway is None:
+        await websocket.send(cable.disconnect("unauthorized", reconnect=False))
+        await websocket.close(1000)
+        return
+    session = _CableSession(node, gateway, cable.api_key_digest(presented), websocket._get_current_object())
+    await session.run()
+
+
+class _CableSession:
+    """One phone's connection: the receive loop, its actor, and the cleanup when it ends."""
+
+    def __init__(self, node, gateway: dict, digest: str, socket) -> None:
+        self.node = node
+        self.gateway = gateway
+        self.digest = digest
+        self.socket = socket
+        self.protocol = cable.CableConnection()
+        registry = node.gateways
+        self.actor = GatewayActor(
+            gateway_id=gateway["id"], device_id=gateway["device_id"], send_text=socket.send,
+            active=gateway["active"], priority=gateway["priority"],
+            bucket=registry.bucket_for(gateway["send_rate_per_minute"], trio.current_time()))
+
+    async def run(self) -> None:
+        actor, registry = self.actor, self.node.gateways
+        registry.attach(actor)
+        log.info("gateway %s connected", actor.device_id)
+        try:
+            await actor.send_frame(cable.welcome())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_loop, nursery.cancel_scope)
+                await actor.run()
+                nursery.cancel_scope.cancel()
+            if actor.close_reason is not None:
+                reconnect = actor.close_reason not in ("key_rotated",)
+                with trio.move_on_after(1):
+                    await self.socket.send(cable.disconnect(actor.close_reason, reconnect=reconnect))
+                    await self.socket.close(1000)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        actor, registry = self.actor, self.node.gateways
+        held = list(actor.in_flight)
+        actor.in_flight.clear()
+        last = registry.detach(actor)
+        log.info("gateway %s disconnected (%s), requeueing %d", actor.device_id,
+                 actor.close_reason or "socket closed", len(held))
+        with trio.move_on_after(10):
+            if held:
+                await self.node.dispatcher.requeue(actor.gateway_id, held)
+            if last:
+                await self.node.store.run(_went_offline, self.gateway)
+
+    async def _receive_loop(self, scope: trio.CancelScope) -> None:
+        while True:
+            data = await self.socket.receive()
+            self.actor.noticed()
+            if isinstance(data, bytes):
+                events, replies = self.protocol.receive_bytes(data)
+            else:
+                events, replies = self.protocol.receive(data)
+            for reply in replies:
+                await self.actor.send_frame(reply)
+            for event in events:
+                await self._handle(event)
+
+    async def _handle(self, event) -> None:
+        match event:
+            case cable.SubscribeRequested(identifier=identifier, params=params):
+                await self._subscribe(identifier, params)
+            case cable.Unsubscribed(identifier=identifier):
+                if identifier == self.actor.identifier:
+                    self.actor.identifier = None
+            case cable.ActionReceived(identifier=identifier, action=action, data=data):
+                if identifier != self.actor.identifier:
+                    log.info("gateway %s: action on a foreign subscription ignored", self.actor.device_id)
+                    return
+                await self._perform(action, data)
+            case cable.FrameIgnored(reason=reason):
+                log.info("gateway %s: frame ignored: %s", self.actor.device_id, reason)
+
+    async def _subscribe(self, identifier: str, params: dict) -> None:
+        if params.get("channel") != "GatewayChannel" or params.get("api_key_digest") != self.digest:
+            await self.actor.send_frame(self.protocol.reject(identifier))
+            return
+        if self.actor.identifier is not None and self.actor.identifier != identifier:
+            await self.actor.send_frame(self.protocol.reject(identifier))  # one GatewayChannel per socket
+            return
+        await self.node.store.run(_went_online, self.gateway)
+        self.actor.identifier = identifier
+        await self.actor.send_frame(self.protocol.confirm(identifier))
+        self.node.dispatcher.wake()
+
+    async def _perform(self, action: str, data: dict) -> None:
+        context = {"region": self.node.settings.default_country_code}
+        try:
+            match action:
+                case "heartbeat":
+                    body = HeartbeatRequest.model_validate(data, context=context)
+                    self.actor.record_heartbeat(body.battery_level, body.signal_strength, body.messages_in_queue)
+                    await self.node.store.run(
+                        gateways_store.heartbeat, self.gateway["id"], battery_level=body.battery_level,
+                        signal_strength=body.signal_strength, messages_in_queue=body.messages_in_queue)
+                case "delivery_report":
+                    body = StatusReportRequest.model_validate(data, context=context)
+                    await self.node.dispatcher.report(self.gateway, body.message_id, body.status,
+                                                      body.error_message)
+                case "message_received":
+                    payload = dict(data)
+                    if isinstance(payload.get("timestamp"), str):
+                        payload["timestamp"] = _parse_time(payload["timestamp"])
+                    body = InboundRequest.model_validate(payload, context=context)
+                    await self.node.store.run(messages_store.store_inbound, self.gateway, body.sender,
+                                              body.message, body.timestamp or datetime.now(timezone.utc))
+                case _:
+                    log.info("gateway %s: unknown action %r ignored", self.actor.device_id, action[:64])
+        except ValidationError as exc:
+            log.info("gateway %s: bad %s: %s", self.actor.device_id, action, exc.errors()[0]["msg"])
+        except messages_store.UnknownMessage as exc:
+            log.info("gateway %s: report for unknown message %s", self.actor.device_id, str(exc)[:64])
+        except ValueError as exc:
+            log.info("gateway %s: bad %s: %s", self.actor.device_id, action, exc)
+
+
+def _parse_time(text: str) -> datetime | str:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text
+
+
+def _went_online(conn, gateway: dict) -> None:
+    row = conn.execute(
+        "UPDATE gateways g SET status = 'online', last_heartbeat_at = now(), updated_at = now()"
+        " FROM (SELECT status FROM gateways WHERE id = %s FOR UPDATE) old WHERE g.id = %s"
+        " RETURNING old.status",
+        (gateway["id"], gateway["id"]),
+    ).fetchone()
+    if row is not None and row["status"] != "online":
+        emit(conn, "gateway_online", {"gateway_id": gateway["device_id"], "name": gateway["name"],
+                                      "status": "online"})
+
+
+def _went_offline(conn, gateway: dict) -> None:
+    if gateways_store.mark_offline(conn, gateway["id"]):
+        emit(conn, "gateway_offline", {"gateway_id": gateway["device_id"], "name": gateway["name"],
+                                       "status": "offline"})

@@ -1,0 +1,50 @@
+"""HTTP rate limits: per client key and per IP on register, answered with 429, `Retry-After`
+and `RateLimit-*` headers. The counting is the pure GCRA in actors/rates.py; on several nodes
+the backplane holds the state instead."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import trio
+
+from actors.rates import Gcra, RateDecision
+from web.errors import ApiError
+
+__all__ = ["RateLimits", "rate_headers"]
+
+
+@attrs.define
+class RateLimits:
+    per_key: Gcra
+    register: Gcra
+
+    @classmethod
+    def from_settings(cls, settings) -> "RateLimits":
+        return cls(per_key=Gcra(limit=settings.rate_limit_per_key_per_minute, period=60.0),
+                   register=Gcra(limit=settings.rate_limit_register_per_minute, period=60.0))
+
+    def check_key(self, key_id: int) -> dict[str, str]:
+        return _enforce(self.per_key.check(f"key:{key_id}", trio.current_time()))
+
+    def check_register(self, ip: str) -> dict[str, str]:
+        return _enforce(self.register.check(f"ip:{ip}", trio.current_time()))
+
+
+def rate_headers(decision: RateDecision) -> dict[str, str]:
+    if decision.limit == 0:
+        return {}
+    return {
+        "RateLimit-Limit": str(decision.limit),
+        "RateLimit-Remaining": str(max(0, decision.remaining)),
+        "RateLimit-Reset": str(math.ceil(decision.reset_after)),
+    }
+
+
+def _enforce(decision: RateDecision) -> dict[str, str]:
+    headers = rate_headers(decision)
+    if not decision.allowed:
+        headers["Retry-After"] = str(max(1, math.ceil(decision.retry_after)))
+        raise ApiError(429, "Rate limit exceeded", headers=headers)
+    return headers

@@ -1,0 +1,62 @@
+"""Parsing a request into a typed model, and shaping answers: the one place bad input becomes
+a 400 or a 422."""
+
+from __future__ import annotations
+
+import math
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+from quart import current_app, request
+
+from web.errors import ApiError
+
+__all__ = ["parse_body", "parse_query", "page_count", "validation_error"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _region() -> str:
+    return current_app.config["NODE"].settings.default_country_code
+
+
+def validation_error(exc: ValidationError) -> ApiError:
+    """A 422 whose message names the first bad field; all of them are in `details`."""
+    details = []
+    for err in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in err["loc"]) or "body"
+        message = err["msg"].removeprefix("Value error, ")
+        details.append({"field": field, "message": message})
+    first = details[0]
+    return ApiError(422, f"{first['field']}: {first['message']}", details=details)
+
+
+async def parse_body(model: type[M]) -> M:
+    """Read the JSON body into `model`: 400 for a wrong content type or malformed JSON, 422
+    for a missing or wrongly typed field (naming it), 413 past the body limit."""
+    if request.mimetype != "application/json":
+        raise ApiError(400, "Content-Type must be application/json")
+    raw = await request.get_data(cache=False)
+    try:
+        return model.model_validate_json(raw or b"", strict=True, context={"region": _region()})
+    except ValidationError as exc:
+        kinds = {err["type"] for err in exc.errors()}
+        if "json_invalid" in kinds:
+            raise ApiError(400, "Malformed JSON body") from None
+        if "model_type" in kinds or "model_attributes_type" in kinds:
+            raise ApiError(400, "JSON body must be an object") from None
+        raise validation_error(exc) from None
+
+
+def parse_query(model: type[M]) -> M:
+    """Read the query string into `model` (lax types: it is all text); 422 on a bad value."""
+    data = {key: request.args.get(key) for key in request.args}
+    try:
+        return model.model_validate(data, context={"region": _region()})
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def page_count(total: int, limit: int) -> int:
+    """Pages needed for `total` items at `limit` a page; at least 1."""
+    return max(1, math.ceil(total / limit))
