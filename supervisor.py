@@ -21,9 +21,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from actors.backoff import RestartWindow, exponential_delay
+from actors.clock import WallClock
 from actors.dispatcher import Dispatcher
 from actors.gateway import GatewayRegistry
 from actors.node import Node
+from actors.otp import OtpActor
+from actors.webhooks import WebhookActor
 from config import Settings, ensure_secret
 from store.migrate import apply_migrations
 from store.pool import open_store
@@ -88,9 +91,18 @@ def build_node(settings: Settings, store) -> Node:
     node = Node(settings=settings, store=store)
     node.limits = RateLimits.from_settings(settings)
     registry = GatewayRegistry(default_rate_per_minute=settings.gateway_send_rate_per_minute)
-    dispatcher = Dispatcher(store=store, registry=registry, max_attempts=settings.sms_max_attempts)
+    dispatcher = Dispatcher(store=store, registry=registry, max_attempts=settings.sms_max_attempts,
+                            retry_delays=settings.sms_retry_delays)
     registry.changed = dispatcher.wake
     node.gateways, node.dispatcher = registry, dispatcher
+    node.clock = WallClock()
+    otp = OtpActor.create(store=store, settings=settings, clock=node.clock, wake_dispatcher=dispatcher.wake)
+    node.otp = otp
+    node.extra_actors.append(("otp", otp))
+    webhooks = WebhookActor(store=store, concurrency=settings.webhook_concurrency,
+                            timeout=settings.webhook_timeout_seconds, now=WallClock().now)
+    node.webhooks = webhooks
+    node.extra_actors.append(("webhooks", webhooks))
     return node
 
 

@@ -36,6 +36,7 @@ class Dispatcher:
     store: Store
     registry: GatewayRegistry
     max_attempts: int = 3
+    retry_delays: tuple[float, ...] = SMS_RETRY_SCHEDULE
     rand: Callable[[], float] = random.random
     on_dispatched: Callable[[list[dict]], None] = lambda rows: None
     _wakeup: trio.Event = attrs.Factory(trio.Event)
@@ -106,7 +107,7 @@ class Dispatcher:
             self.wake()
 
     def _retry_delay(self, attempt: int) -> float | None:
-        return scheduled_delay(SMS_RETRY_SCHEDULE, attempt, rand=self.rand)
+        return scheduled_delay(self.retry_delays, attempt, rand=self.rand)
 
     async def requeue(self, gateway_id: int, message_ids: list[str]) -> int:
         """Return messages a closed socket still held to the queue, then wake up."""

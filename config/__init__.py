@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import string
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -54,6 +55,10 @@ class Settings:
     tz_daily_reset: str = "UTC"
     db_pool_size: int = 10
     statement_timeout_ms: int = 5_000
+    sms_retry_delays: tuple[float, ...] = (30.0, 120.0, 480.0)
+    otp_message_template: str = "Your verification code is: {code}"
+    webhook_concurrency: int = 10
+    webhook_timeout_seconds: int = 10
 
     def websocket_url(self, request_host: str | None = None, scheme: str = "http") -> str:
         """The `/cable` URL a newly registered gateway is told to open."""
@@ -97,6 +102,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         tz_daily_reset=read.timezone("TZ_DAILY_RESET"),
         db_pool_size=read.integer("DB_POOL_SIZE", 10, low=2, high=200),
         statement_timeout_ms=read.integer("STATEMENT_TIMEOUT_MS", 5_000, low=100),
+        sms_retry_delays=read.delays("SMS_RETRY_DELAYS", (30.0, 120.0, 480.0)),
+        otp_message_template=_otp_template(read.text("OTP_MESSAGE_TEMPLATE")),
+        webhook_concurrency=read.integer("WEBHOOK_CONCURRENCY", 10, low=1, high=1000),
+        webhook_timeout_seconds=read.integer("WEBHOOK_TIMEOUT_SECONDS", 10, low=1, high=300),
     )
 
 
@@ -110,6 +119,23 @@ def ensure_secret(settings: Settings) -> Settings:
         path.write_text(secrets.token_hex(64))
         path.chmod(0o600)
     return attrs.evolve(settings, secret_key_base=path.read_text().strip())
+
+
+def _otp_template(raw: str | None) -> str:
+    """OTP_MESSAGE_TEMPLATE: a text with {code} and optionally {purpose}, nothing else."""
+    if raw is None:
+        return "Your verification code is: {code}"
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(raw) if name is not None]
+    except ValueError as exc:
+        raise ConfigError("OTP_MESSAGE_TEMPLATE", f"is not a valid template ({exc})") from None
+    if any(name not in ("code", "purpose") or spec or conv for name, spec, conv in fields):
+        raise ConfigError("OTP_MESSAGE_TEMPLATE", f"may use only {{code}} and {{purpose}}, got {raw!r}")
+    if "code" not in {name for name, _, _ in fields}:
+        raise ConfigError("OTP_MESSAGE_TEMPLATE", f"must contain {{code}}, got {raw!r}")
+    if len(raw) > 500:
+        raise ConfigError("OTP_MESSAGE_TEMPLATE", "must be at most 500 characters")
+    return raw
 
 
 @attrs.frozen
@@ -156,6 +182,18 @@ class _Reader:
         except ValueError:
             raise ConfigError(name, f"has a malformed port: {raw!r}") from None
         return raw
+
+    def delays(self, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            values = tuple(float(part) for part in raw.split(","))
+        except ValueError:
+            raise ConfigError(name, f"must be a comma list of seconds, got {raw!r}") from None
+        if not values or any(v < 0 or v != v or v > 86_400 for v in values):
+            raise ConfigError(name, f"each delay must be between 0 and 86400 seconds, got {raw!r}")
+        return values
 
     def origins(self, name: str) -> tuple[str, ...]:
         raw = self.text(name)

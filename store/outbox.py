@@ -13,9 +13,10 @@ from psycopg.types.json import Jsonb
 
 from store.keys import new_public_id
 
-__all__ = ["EVENTS", "emit", "iso"]
+__all__ = ["EVENTS", "WAKE_CHANNEL", "emit", "iso"]
 
 EVENTS = ("sms_received", "sms_sent", "sms_delivered", "sms_failed", "gateway_online", "gateway_offline")
+WAKE_CHANNEL = "smsgw_webhooks"  # NOTIFY at commit wakes every node's webhook actor
 
 
 def iso(value: datetime | None) -> str | None:
@@ -41,4 +42,6 @@ def emit(conn: psycopg.Connection, event: str, payload: dict, *, owner_key_id: i
         " SELECT w.id, %s, %s, %s FROM webhooks w WHERE w.active AND %s = ANY(w.events)" + owner_filter,
         params,
     )
+    if cur.rowcount:
+        conn.execute("SELECT pg_notify(%s, '')", (WAKE_CHANNEL,))
     return cur.rowcount
