@@ -9,6 +9,7 @@ that a process manager restarts it whole.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -21,15 +22,20 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from actors.backoff import RestartWindow, exponential_delay
+from actors.backplane import create_backplane
 from actors.clock import WallClock
 from actors.dispatcher import Dispatcher
 from actors.gateway import GatewayRegistry
+from actors.group_commit import GroupCommitter
+from actors.metrics import NodeMetrics
 from actors.node import Node
 from actors.otp import OtpActor
+from actors.scheduler import Scheduler
 from actors.webhooks import WebhookActor
 from config import Settings, ensure_secret
 from store.migrate import apply_migrations
-from store.pool import open_store
+from store.pool import StoreUnavailable, open_store
+from store.sends import write_sends
 from web.app import create_app
 from web.ratelimit import RateLimits
 
@@ -44,16 +50,20 @@ class NodeDown(Exception):
 
 
 async def supervise(name: str, run: Callable[..., Awaitable[None]], *, max_restarts: int = 5,
-                    window: float = 60.0, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                    window: float = 60.0, on_restart: Callable[[str], None] | None = None,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run a permanent actor, restarting it with exponential backoff when it crashes.
 
     Cancellation stops it for good. More than `max_restarts` crashes within `window` seconds
-    raise `NodeDown`.
+    raise `NodeDown`. `on_restart(name)` is told of each restart (the metrics count them).
+    An unreachable database is not the actor's fault: it is retried with the same backoff
+    but does not count towards `NodeDown`, so an outage does not take the node down with it.
     """
     restarts = RestartWindow(max_restarts=max_restarts, window=window)
     attempt = 0
     first = True
     while True:
+        outage = False
         try:
             if first:
                 await trio.lowlevel.checkpoint()
@@ -61,12 +71,25 @@ async def supervise(name: str, run: Callable[..., Awaitable[None]], *, max_resta
                 first = False
             await run()
             log.warning("actor %s returned; restarting", name)
-        except Exception:
-            log.exception("actor %s crashed", name)
-        if not restarts.record(trio.current_time()):
+        except Exception as exc:
+            outage = _only_store_unavailable(exc)
+            if outage:
+                log.warning("actor %s: database unavailable (%s); retrying", name, exc)
+            else:
+                log.exception("actor %s crashed", name)
+        if not outage and not restarts.record(trio.current_time()):
             raise NodeDown(f"actor {name} crashed more than {max_restarts} times in {window:.0f} s")
         attempt += 1
+        if on_restart is not None:
+            on_restart(name)
         await trio.sleep(exponential_delay(attempt, base=0.1, cap=10.0, rand=random.random))
+
+
+def _only_store_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(StoreUnavailable)
+        return rest is None
+    return isinstance(exc, StoreUnavailable)
 
 
 def database_url(settings: Settings) -> str:
@@ -89,20 +112,29 @@ def database_url(settings: Settings) -> str:
 def build_node(settings: Settings, store) -> Node:
     """Wire the node's actors together (not yet running)."""
     node = Node(settings=settings, store=store)
-    node.limits = RateLimits.from_settings(settings)
     registry = GatewayRegistry(default_rate_per_minute=settings.gateway_send_rate_per_minute)
     dispatcher = Dispatcher(store=store, registry=registry, max_attempts=settings.sms_max_attempts,
                             retry_delays=settings.sms_retry_delays)
-    registry.changed = dispatcher.wake
+    registry.changed = dispatcher.wake_local  # a phone here came, went or reported: this node's capacity
     node.gateways, node.dispatcher = registry, dispatcher
+    node.backplane = create_backplane(settings, registry=registry, wake_local=dispatcher.wake_local, store=store)
+    dispatcher.broadcast = node.backplane.publish_wake
+    node.limits = RateLimits.from_settings(settings, backplane=node.backplane)
+    node.sends = GroupCommitter(store=store, write_batch=write_sends, name="sends")
+    node.extra_actors.append(("sends", node.sends))
+    node.extra_actors.append(("reports", dispatcher.reports))
+    node.metrics = dispatcher.metrics = NodeMetrics()  # before the other actors, which count too
+    node.metrics.watch_gateways(lambda: len(registry.online_ids()))
     node.clock = WallClock()
     otp = OtpActor.create(store=store, settings=settings, clock=node.clock, wake_dispatcher=dispatcher.wake)
     node.otp = otp
     node.extra_actors.append(("otp", otp))
     webhooks = WebhookActor(store=store, concurrency=settings.webhook_concurrency,
-                            timeout=settings.webhook_timeout_seconds, now=WallClock().now)
+                            timeout=settings.webhook_timeout_seconds, now=node.clock.now)
     node.webhooks = webhooks
     node.extra_actors.append(("webhooks", webhooks))
+    node.scheduler = Scheduler(node=node, now=node.clock.now, metrics=node.metrics)
+    node.extra_actors.append(("scheduler", node.scheduler))
     return node
 
 
@@ -128,9 +160,11 @@ async def serve(settings: Settings, *, dsn: str | None = None, shutdown: trio.Ev
         async with trio.open_nursery() as tree:
             if install_signals:
                 tree.start_soon(_watch_signals, shutdown)
-            await tree.start(supervise, "dispatcher", node.dispatcher.run)
+            supervised = functools.partial(supervise, on_restart=node.metrics.actor_restarted)
+            await tree.start(supervised, "backplane", node.backplane.run)
+            await tree.start(supervised, "dispatcher", node.dispatcher.run)
             for name, actor_run in _later_actors(node):
-                await tree.start(supervise, name, actor_run)
+                await tree.start(supervised, name, actor_run)
             config = HypercornConfig()
             config.bind = [f"{settings.host}:{settings.port}"]
             config.graceful_timeout = GRACEFUL_SECONDS

@@ -9,17 +9,20 @@ over goes straight back to the queue.
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 import random
 from typing import Callable
 
 import attrs
 import trio
 
+from actors.group_commit import GroupCommitter
+
 from actors.backoff import SMS_RETRY_SCHEDULE, scheduled_delay
 from actors.choice import plan_batch
 from actors.gateway import GatewayRegistry
+from actors.metrics import NodeMetrics
 from store import messages as messages_store
 from store.pool import Store
 
@@ -39,11 +42,29 @@ class Dispatcher:
     retry_delays: tuple[float, ...] = SMS_RETRY_SCHEDULE
     rand: Callable[[], float] = random.random
     on_dispatched: Callable[[list[dict]], None] = lambda rows: None
+    broadcast: Callable[[], None] = lambda: None  # the backplane's publish_wake: tell the other nodes
+    metrics: NodeMetrics = attrs.Factory(NodeMetrics)  # the node's, set by build_node
     _wakeup: trio.Event = attrs.Factory(trio.Event)
+    # Reports from every phone are written in groups, one transaction each (see run_reports).
+    reports: GroupCommitter = attrs.field(default=None)
     dispatched_total: int = 0
 
+    def __attrs_post_init__(self) -> None:
+        if self.reports is None:
+            self.reports = GroupCommitter(
+                store=self.store, name="reports",
+                write_batch=functools.partial(messages_store.apply_reports, max_attempts=self.max_attempts,
+                                              retry_delay=self._retry_delay))
+
     def wake(self) -> None:
-        """Ask for a dispatch round soon; never blocks, safe from any task."""
+        """Ask for a dispatch round soon, here and on every node (the queue changed); never
+        blocks, safe from any task."""
+        self._wakeup.set()
+        self.broadcast()
+
+    def wake_local(self) -> None:
+        """Ask this node's dispatcher alone (a phone here connected, reported, or another node
+        queued a message)."""
         self._wakeup.set()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -72,10 +93,12 @@ class Dispatcher:
                          for row in due]
                 return [(a.message_id, a.gateway_id) for a in plan_batch(batch, views)]
 
-            rows, _left = await self.store.run(messages_store.claim_for_dispatch, limit, plan)
+            leases = {v.gateway_id: self.registry.get(v.gateway_id).lease for v in views}
+            rows, _left = await self.store.run(messages_store.claim_for_dispatch, limit, plan, leases)
             if not rows:
                 return total
             await self._hand_over(rows)
+            self.metrics.dispatched(len(rows), trio.current_time() - now)  # claim began at `now`
             total += len(rows)
             self.dispatched_total += len(rows)
             if len(rows) < limit:
@@ -85,7 +108,7 @@ class Dispatcher:
         lost: dict[int, list[str]] = {}
         for row in rows:
             actor = self.registry.get(row["gateway_id"])
-            if actor is None or actor.close_reason is not None:
+            if actor is None or actor.close_reason is not None or actor.lease != row["lease"]:
                 lost.setdefault(row["gateway_id"], []).append(row["message_id"])
                 continue
             await actor.deliver(row)
@@ -98,9 +121,8 @@ class Dispatcher:
     async def report(self, gateway: dict, message_id: str, status: str, error_message: str | None) -> None:
         """Apply a phone's delivery report (socket or REST); raise `UnknownMessage` if it was
         never this gateway's message. Idempotent."""
-        outcome = await self.store.run(
-            messages_store.apply_report, gateway, message_id, status, error_message,
-            max_attempts=self.max_attempts, retry_delay=self._retry_delay)
+        outcome = await self.reports.submit(messages_store.Report(gateway, message_id, status, error_message))
+        self.metrics.reported(outcome.status, outcome.changed)
         if status in ("sent", "delivered", "failed"):
             self.registry.settled(gateway["id"], message_id)
         if outcome.requeued:
@@ -109,11 +131,12 @@ class Dispatcher:
     def _retry_delay(self, attempt: int) -> float | None:
         return scheduled_delay(self.retry_delays, attempt, rand=self.rand)
 
-    async def requeue(self, gateway_id: int, message_ids: list[str]) -> int:
-        """Return messages a closed socket still held to the queue, then wake up."""
-        if not message_ids:
-            return 0
+    async def release(self, gateway_id: int, lease: str) -> int:
+        """A connection ended: return what it still held to the queue, then wake up.
+
+        Shielded: this write must happen even when the caller is being cancelled."""
         with trio.CancelScope(shield=True):
-            n = await self.store.run(messages_store.requeue_dispatched, gateway_id, message_ids)
-        self.wake()
+            n = await self.store.run(messages_store.requeue_lease, gateway_id, lease)
+        if n:
+            self.wake()
         return n

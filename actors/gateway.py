@@ -21,6 +21,7 @@ import trio
 from actors.choice import GatewayView
 from actors.rates import TokenBucket
 from actors.segments import MAX_SEGMENTS
+from store.keys import new_public_id
 from web import cable_protocol as cable
 
 __all__ = ["GatewayActor", "GatewayRegistry", "Replaced", "WINDOW_LIMITED", "WINDOW_UNLIMITED"]
@@ -46,6 +47,7 @@ class GatewayActor:
     active: bool
     priority: int
     bucket: TokenBucket
+    lease: str = attrs.Factory(lambda: new_public_id("conn_", 16))  # marks what this connection holds
     identifier: str | None = None  # the confirmed GatewayChannel subscription
     in_flight: dict[str, int] = attrs.Factory(dict)  # message_id -> segments
     battery_level: int | None = None
@@ -186,6 +188,14 @@ class GatewayRegistry:
     def snapshot(self, gateway_id: int) -> dict | None:
         actor = self._actors.get(gateway_id)
         return actor.snapshot() if actor is not None else None
+
+    def snapshots(self) -> dict[int, dict]:
+        """Every live actor's snapshot (the backplane shares them with the other nodes)."""
+        return {gid: actor.snapshot() for gid, actor in self._actors.items()}
+
+    def live_leases(self) -> dict[int, str]:
+        """gateway id -> lease of each connection still open here (its presence to refresh)."""
+        return {gid: a.lease for gid, a in self._actors.items() if a.close_reason is None}
 
     def bucket_for(self, rate_per_minute: int | None, now: float) -> TokenBucket:
         rate = self.default_rate_per_minute if rate_per_minute is None else rate_per_minute

@@ -21,6 +21,12 @@ class Node:
     limits: Any = None       # web.ratelimit.RateLimits
     dispatcher: Any = None   # actors.dispatcher.Dispatcher (its wake() and mailbox)
     gateways: Any = None     # actors.gateway.GatewayRegistry
+    sends: Any = None        # actors.group_commit.GroupCommitter writing accepted messages
     otp: Any = None          # actors.otp.OtpActor
+    clock: Any = None        # actors.clock.WallClock: the timestamps rules compare
+    webhooks: Any = None     # actors.webhooks.WebhookActor (its wake())
+    metrics: Any = None      # actors.metrics.NodeMetrics: this node's Prometheus registry
+    scheduler: Any = None    # actors.scheduler.Scheduler
+    backplane: Any = None    # actors.backplane.Backplane: wake-ups, presence, snapshots, rate limits
     started_at: float = 0.0
     extra_actors: list = attrs.Factory(list)  # (name, actor) pairs the supervisor runs

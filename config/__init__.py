@@ -59,6 +59,9 @@ class Settings:
     otp_message_template: str = "Your verification code is: {code}"
     webhook_concurrency: int = 10
     webhook_timeout_seconds: int = 10
+    metrics_token: str | None = None  # None: GET /metrics needs no key
+    redis_prefix: str = "smsgw"  # every Redis key and channel of the backplane starts with it
+    node_id: str | None = None   # None: a random id per process (the backplane's presence)
 
     def websocket_url(self, request_host: str | None = None, scheme: str = "http") -> str:
         """The `/cable` URL a newly registered gateway is told to open."""
@@ -106,6 +109,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         otp_message_template=_otp_template(read.text("OTP_MESSAGE_TEMPLATE")),
         webhook_concurrency=read.integer("WEBHOOK_CONCURRENCY", 10, low=1, high=1000),
         webhook_timeout_seconds=read.integer("WEBHOOK_TIMEOUT_SECONDS", 10, low=1, high=300),
+        metrics_token=_metrics_token(read.text("METRICS_TOKEN")),
+        redis_prefix=_identifier("REDIS_PREFIX", read.text("REDIS_PREFIX")) or "smsgw",
+        node_id=_identifier("NODE_ID", read.text("NODE_ID")),
     )
 
 
@@ -119,6 +125,20 @@ def ensure_secret(settings: Settings) -> Settings:
         path.write_text(secrets.token_hex(64))
         path.chmod(0o600)
     return attrs.evolve(settings, secret_key_base=path.read_text().strip())
+
+
+def _metrics_token(raw: str | None) -> str | None:
+    """METRICS_TOKEN: the bearer token GET /metrics then requires; 16+ visible characters."""
+    if raw is not None and (len(raw) < 16 or any(c.isspace() for c in raw)):
+        raise ConfigError("METRICS_TOKEN", "must be at least 16 characters with no spaces")
+    return raw
+
+
+def _identifier(variable: str, raw: str | None) -> str | None:
+    """REDIS_PREFIX, NODE_ID: 1 to 64 letters, digits, `_`, `-`, `.` (no spaces or colons)."""
+    if raw is not None and not (len(raw) <= 64 and all(c.isascii() and (c.isalnum() or c in "_-.") for c in raw)):
+        raise ConfigError(variable, f"must be 1-64 letters, digits, '_', '-' or '.', got {raw!r}")
+    return raw
 
 
 def _otp_template(raw: str | None) -> str:

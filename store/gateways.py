@@ -133,7 +133,7 @@ def update(conn: psycopg.Connection, gateway_id: int, changes: dict) -> dict | N
 def requeue_unsent(conn: psycopg.Connection, gateway_id: int) -> int:
     """Return this gateway's dispatched-but-unsent messages to the queue for another gateway."""
     cur = conn.execute(
-        "UPDATE messages SET status = 'queued', gateway_id = NULL, avoid_gateway_id = %s,"
+        "UPDATE messages SET status = 'queued', gateway_id = NULL, lease = NULL, avoid_gateway_id = %s,"
         " updated_at = now() WHERE gateway_id = %s AND status IN ('queued', 'dispatched')",
         (gateway_id, gateway_id),
     )

@@ -5,20 +5,22 @@ from __future__ import annotations
 import psycopg
 from psycopg.types.json import Jsonb
 
-__all__ = ["IdempotencyConflict", "recall", "remember", "purge_expired"]
+__all__ = ["IdempotencyConflict", "lock", "recall", "remember", "purge_expired"]
 
 
 class IdempotencyConflict(Exception):
     """The key was used before with a different request body."""
 
 
-def recall(conn: psycopg.Connection, key_id: int, idem: str, request_hash: str) -> tuple[dict, int] | None:
-    """The stored answer for this key, or None. The same key with another body is a 409.
-
-    Takes a transaction-level advisory lock on the key, so two concurrent repeats wait for each
-    other and the second gets the first's answer instead of a second message.
-    """
+def lock(conn: psycopg.Connection, key_id: int, idem: str) -> None:
+    """Hold this key until the transaction ends, so two concurrent repeats wait for each other
+    and the second gets the first's answer instead of a second message."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))", (idem, key_id))
+
+
+def recall(conn: psycopg.Connection, key_id: int, idem: str, request_hash: str) -> tuple[dict, int] | None:
+    """The stored answer for this key, or None; `IdempotencyConflict` for another body.
+    Call `lock` first."""
     row = conn.execute(
         "SELECT request_hash, status_code, response FROM idempotency_keys"
         " WHERE api_key_id = %s AND key = %s AND created_at > now() - interval '24 hours'",

@@ -19,8 +19,8 @@ from store.keys import new_public_id
 
 __all__ = [
     "NewMessage", "UnknownMessage", "insert_outbound", "get_outbound", "store_inbound",
-    "list_inbound", "apply_report", "claim_for_dispatch", "requeue_dispatched",
-    "release_scheduled", "expire_queued", "bump_counter", "STATUS_FIELDS",
+    "list_inbound", "Report", "apply_reports", "claim_for_dispatch", "requeue_dispatched",
+    "requeue_lease", "take_back_stale", "release_scheduled", "expire_queued", "bump_counter", "STATUS_FIELDS",
 ]
 
 _TODAY = "(now() AT TIME ZONE current_setting('smsgw.day_zone'))::date"
@@ -147,9 +147,60 @@ class ReportOutcome:
     requeued: bool = False  # a failure that will be retried on another gateway
 
 
-def apply_report(conn: psycopg.Connection, gateway: dict, message_id: str, status: str,
-                 error_message: str | None, *, max_attempts: int,
-                 retry_delay: Callable[[int], float | None]) -> ReportOutcome:
+@attrs.frozen
+class Report:
+    gateway: dict
+    message_id: str
+    status: str  # sent, delivered, failed
+    error_message: str | None = None
+
+
+@attrs.define
+class _Tally:
+    """Counter changes of a batch, written last and in one order (no lock cycles)."""
+
+    sent: dict[int, int] = attrs.Factory(dict)
+    failed: int = 0
+
+    def count_sent(self, gateway_id: int) -> None:
+        self.sent[gateway_id] = self.sent.get(gateway_id, 0) + 1
+
+    def flush(self, conn: psycopg.Connection) -> None:
+        if self.sent:
+            ids = sorted(self.sent)
+            conn.execute(
+                "UPDATE gateways g SET messages_sent_today = messages_sent_today + t.n,"
+                " total_messages_sent = total_messages_sent + t.n"
+                " FROM unnest(%s::bigint[], %s::int[]) AS t(id, n) WHERE g.id = t.id",
+                (ids, [self.sent[i] for i in ids]),
+            )
+        if self.failed:
+            bump_counter(conn, "sms_failed", self.failed)
+
+
+def apply_reports(conn: psycopg.Connection, reports: Sequence[Report], *, max_attempts: int,
+                  retry_delay: Callable[[int], float | None]) -> list[ReportOutcome | UnknownMessage]:
+    """Apply a batch of phone reports in one transaction; one outcome (or UnknownMessage) each.
+
+    Message rows are locked in message_id order and counters are written last, so two batches
+    in flight at once cannot deadlock.
+    """
+    tally = _Tally()
+    outcomes: dict[int, ReportOutcome | UnknownMessage] = {}
+    for index in sorted(range(len(reports)), key=lambda i: reports[i].message_id):
+        r = reports[index]
+        try:
+            outcomes[index] = _apply_report(conn, r.gateway, r.message_id, r.status, r.error_message,
+                                            max_attempts=max_attempts, retry_delay=retry_delay, tally=tally)
+        except UnknownMessage as exc:
+            outcomes[index] = exc
+    tally.flush(conn)
+    return [outcomes[i] for i in range(len(reports))]
+
+
+def _apply_report(conn: psycopg.Connection, gateway: dict, message_id: str, status: str,
+                  error_message: str | None, *, max_attempts: int,
+                  retry_delay: Callable[[int], float | None], tally: _Tally) -> ReportOutcome:
     """Apply a phone's `sent` / `delivered` / `failed` report to a message it was given.
 
     Raises `UnknownMessage` for an id this gateway never held. `retry_delay(attempt)` gives the
@@ -170,13 +221,13 @@ def apply_report(conn: psycopg.Connection, gateway: dict, message_id: str, statu
         if current != "dispatched":
             return ReportOutcome(message_id, current, changed=False)
         updated = _set_status(conn, row["id"], "sent", sent=True)
-        _count_sent(conn, gateway["id"])
+        tally.count_sent(gateway["id"])
         _emit_status(conn, "sms_sent", updated, gateway)
         return ReportOutcome(message_id, "sent", changed=True)
     if status == "delivered":
         updated = _set_status(conn, row["id"], "delivered", sent=row["sent_at"] is None, delivered=True)
         if row["sent_at"] is None:
-            _count_sent(conn, gateway["id"])
+            tally.count_sent(gateway["id"])
             _emit_status(conn, "sms_sent", updated, gateway)
         _emit_status(conn, "sms_delivered", updated, gateway)
         return ReportOutcome(message_id, "delivered", changed=True)
@@ -191,7 +242,7 @@ def apply_report(conn: psycopg.Connection, gateway: dict, message_id: str, statu
         )
         return ReportOutcome(message_id, "queued", changed=True, requeued=True)
     updated = _set_status(conn, row["id"], "failed", failed=True, error=error_message or "failed")
-    bump_counter(conn, "sms_failed")
+    tally.failed += 1
     _emit_status(conn, "sms_failed", updated, gateway)
     return ReportOutcome(message_id, "failed", changed=True)
 
@@ -209,14 +260,6 @@ def _set_status(conn: psycopg.Connection, row_id: int, status: str, *, sent: boo
     ).fetchone()
 
 
-def _count_sent(conn: psycopg.Connection, gateway_id: int) -> None:
-    conn.execute(
-        "UPDATE gateways SET messages_sent_today = messages_sent_today + 1,"
-        " total_messages_sent = total_messages_sent + 1 WHERE id = %s",
-        (gateway_id,),
-    )
-
-
 def _emit_status(conn: psycopg.Connection, event: str, row: dict, gateway: dict) -> None:
     outbox.emit(conn, event, {
         "message_id": row["message_id"], "to": row["phone_number"], "status": row["status"],
@@ -227,7 +270,8 @@ def _emit_status(conn: psycopg.Connection, event: str, row: dict, gateway: dict)
 
 
 def claim_for_dispatch(conn: psycopg.Connection, limit: int,
-                       plan: Callable[[list[dict]], list[tuple[str, int]]]) -> tuple[list[dict], int]:
+                       plan: Callable[[list[dict]], list[tuple[str, int]]],
+                       leases: dict[int, str]) -> tuple[list[dict], int]:
     """Claim up to `limit` due queued messages (SKIP LOCKED), let `plan` pick a gateway for
     each, and mark the planned ones dispatched; return the dispatched rows and how many due
     rows were left queued for want of a gateway.
@@ -248,26 +292,49 @@ def claim_for_dispatch(conn: psycopg.Connection, limit: int,
         return [], len(due)
     ids = list(chosen)
     gateway_ids = [chosen[m] for m in ids]
+    lease_ids = [leases[g] for g in gateway_ids]
     rows = conn.execute(
-        "UPDATE messages m SET status = 'dispatched', gateway_id = a.gateway_id, dispatched_at = now(),"
-        " attempts = m.attempts + 1, updated_at = now()"
-        " FROM unnest(%s::text[], %s::bigint[]) AS a(message_id, gateway_id)"
+        "UPDATE messages m SET status = 'dispatched', gateway_id = a.gateway_id, lease = a.lease,"
+        " dispatched_at = now(), attempts = m.attempts + 1, updated_at = now()"
+        " FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS a(message_id, gateway_id, lease)"
         " WHERE m.message_id = a.message_id"
-        " RETURNING m.message_id, m.phone_number, m.body, m.segments, m.gateway_id, m.priority",
-        (ids, gateway_ids),
+        " RETURNING m.message_id, m.phone_number, m.body, m.segments, m.gateway_id, m.priority, m.lease",
+        (ids, gateway_ids, lease_ids),
     ).fetchall()
     return rows, len(due) - len(rows)
 
 
+def requeue_lease(conn: psycopg.Connection, gateway_id: int, lease: str) -> int:
+    """Return what one connection still held (dispatched, not yet sent) to the queue."""
+    return conn.execute(
+        "UPDATE messages SET status = 'queued', gateway_id = NULL, lease = NULL, avoid_gateway_id = %s,"
+        " updated_at = now() WHERE lease = %s AND status = 'dispatched'",
+        (gateway_id, lease),
+    ).rowcount
+
+
+def take_back_stale(conn: psycopg.Connection, gateway_id: int, lease: str) -> int:
+    """A phone's new connection takes back what its older connections held: requeue them.
+
+    Covers a socket replaced on another node and a node that was killed; the phone
+    deduplicates by message_id if it did get them.
+    """
+    return conn.execute(
+        "UPDATE messages SET status = 'queued', gateway_id = NULL, lease = NULL, updated_at = now()"
+        " WHERE gateway_id = %s AND status = 'dispatched' AND lease IS DISTINCT FROM %s",
+        (gateway_id, lease),
+    ).rowcount
+
+
 def requeue_dispatched(conn: psycopg.Connection, gateway_id: int, message_ids: Sequence[str] | None = None) -> int:
-    """Return dispatched-but-unsent messages of a gateway to the queue (its socket closed)."""
+    """Return dispatched-but-unsent messages of a gateway to the queue."""
     extra, params = "", [gateway_id, gateway_id]
     if message_ids is not None:
         extra = " AND message_id = ANY(%s)"
         params.append(list(message_ids))
     cur = conn.execute(
-        "UPDATE messages SET status = 'queued', gateway_id = NULL, avoid_gateway_id = %s, updated_at = now()"
-        " WHERE gateway_id = %s AND status = 'dispatched'" + extra,
+        "UPDATE messages SET status = 'queued', gateway_id = NULL, lease = NULL, avoid_gateway_id = %s,"
+        " updated_at = now() WHERE gateway_id = %s AND status = 'dispatched'" + extra,
         params,
     )
     return cur.rowcount

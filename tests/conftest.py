@@ -56,7 +56,7 @@ def sql(url: str, query: str, params: tuple = ()) -> list[dict]:
         return cur.fetchall() if cur.description else []
 
 
-def test_env(database_url: str, **overrides: str) -> dict[str, str]:
+def node_env(database_url: str, **overrides: str) -> dict[str, str]:
     env = {
         "DATABASE_URL": database_url, "HOST": "127.0.0.1", "PORT": "0", "SMSGW_ENV": "test",
         "SECRET_KEY_BASE": "test-secret-key-base-0123456789", "DEFAULT_COUNTRY_CODE": "US",
@@ -109,7 +109,7 @@ class Node:
 
 @asynccontextmanager
 async def running_node(database_url: str, **overrides: str) -> AsyncIterator[Node]:
-    settings = load_settings(test_env(database_url, **overrides))
+    settings = load_settings(node_env(database_url, **overrides))
     shutdown = trio.Event()
     holder: dict = {}
     async with trio.open_nursery() as nursery:

@@ -47,9 +47,14 @@ def gateway_json(row: dict, live: dict | None) -> dict:
     }
 
 
-def _live(gateway_id: int) -> dict | None:
-    registry = _node().gateways
-    return registry.snapshot(gateway_id) if registry is not None else None
+async def _fleet() -> dict[int, dict]:
+    """Live snapshots of the gateways connected to any node (the backplane merges them)."""
+    node = _node()
+    return await node.backplane.fleet_snapshots() if node.backplane is not None else {}
+
+
+async def _live(gateway_id: int) -> dict | None:
+    return (await _fleet()).get(gateway_id)
 
 
 @blueprint.get("/gateways")
@@ -59,9 +64,9 @@ async def list_gateways():
     await require_client("admin")
     query = parse_query(GatewaysQuery)
     node = _node()
-    live_online = node.gateways.online_ids() if node.gateways is not None else set()
+    fleet = await _fleet()
     rows, _ = await node.store.run(gateways_store.list_gateways, active=query.active, limit=10_000)
-    views = [gateway_json(r, _live(r["id"]) if r["id"] in live_online else None) for r in rows]
+    views = [gateway_json(r, fleet[r["id"]] if fleet.get(r["id"], {}).get("online") else None) for r in rows]
     if query.status is not None:
         views = [v for v in views if v["status"] == query.status]
     start = (query.page - 1) * query.limit
@@ -76,7 +81,7 @@ async def get_gateway(gateway_id: int):
     row = await _node().store.run(gateways_store.get, gateway_id)
     if row is None:
         raise ApiError(404, "Gateway not found")
-    return gateway_json(row, _live(gateway_id)), 200, g.get("rate_headers", {})
+    return gateway_json(row, await _live(gateway_id)), 200, g.get("rate_headers", {})
 
 
 @blueprint.patch("/gateways/<int:gateway_id>")
@@ -91,8 +96,10 @@ async def patch_gateway(gateway_id: int):
         raise ApiError(404, "Gateway not found")
     if node.gateways is not None:
         node.gateways.settings_changed(row)
+    if node.backplane is not None:
+        await node.backplane.gateway_changed(row)  # the node holding its socket applies it too
     node.dispatcher.wake()
-    return gateway_json(row, _live(gateway_id)), 200, g.get("rate_headers", {})
+    return gateway_json(row, await _live(gateway_id)), 200, g.get("rate_headers", {})
 
 
 @blueprint.post("/gateways/<int:gateway_id>/toggle")
@@ -106,6 +113,8 @@ async def toggle(gateway_id: int):
     if node.gateways is not None:
         full = await node.store.run(gateways_store.get, gateway_id)
         node.gateways.settings_changed(full)
+        if node.backplane is not None:
+            await node.backplane.gateway_changed(full)
     node.dispatcher.wake()
     return {"success": True, "gateway": {"id": row["id"], "device_id": row["device_id"],
                                          "active": row["active"]}}, 200, g.get("rate_headers", {})
@@ -119,6 +128,11 @@ async def stats():
     raw = await node.store.run(system_stats)
     gw, counters = raw["gateways"], raw["counters"]
     online = gw["online"]  # gateway actors keep the row's status in step with their sockets
+    # ... and a socket on any node that the row does not show yet (it is being written) counts too.
+    live = [gid for gid, snapshot in (await _fleet()).items() if snapshot.get("online")]
+    if live:
+        _, behind = await node.store.run(gateways_store.list_gateways, status="offline", ids=live, limit=1)
+        online += behind
     sent_today, received_today = int(gw["sent_today"]), int(gw["received_today"])
     otp_sent, otp_verified = counters.get("otp_sent", 0), counters.get("otp_verified", 0)
     return {

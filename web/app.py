@@ -12,25 +12,30 @@ from werkzeug.exceptions import HTTPException
 
 from actors.node import Node
 from store.pool import StoreUnavailable
-from web import admin_api, cable, gateway_api, sms_api
+from web import admin_api, cable, gateway_api, otp_api, outbound_api, sms_api, webhooks_api
+from web import dashboard
+from web import metrics as metrics_web
 from web.errors import ApiError
 from web.openapi import DOCS_PAGE, build_spec
 
 __all__ = ["create_app", "MAX_BODY_BYTES"]
 
 log = logging.getLogger("smsgw.web")
-MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES = 64 * 1024            # every JSON endpoint (web/requests.py enforces it)
+MAX_BULK_BODY_BYTES = 1024 * 1024     # sms/send_bulk; the server refuses anything larger
 EXPOSED_HEADERS = ["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
 
 
 def create_app(node: Node) -> QuartTrio:
     """The app serving REST and `/cable` for `node`."""
     app = QuartTrio("smsgw")
-    app.config.update(NODE=node, MAX_CONTENT_LENGTH=MAX_BODY_BYTES, PROVIDE_AUTOMATIC_OPTIONS=True,
+    app.config.update(NODE=node, MAX_CONTENT_LENGTH=MAX_BULK_BODY_BYTES, PROVIDE_AUTOMATIC_OPTIONS=True,
                       JSON_SORT_KEYS=False)
     app.json.sort_keys = False
-    for blueprint in (gateway_api.blueprint, sms_api.blueprint, admin_api.blueprint, cable.blueprint):
+    for blueprint in (gateway_api.blueprint, sms_api.blueprint, outbound_api.blueprint, otp_api.blueprint, admin_api.blueprint,
+                      webhooks_api.blueprint, cable.blueprint, metrics_web.blueprint, dashboard.blueprint):
         app.register_blueprint(blueprint)
+    app.after_request(metrics_web.count_request)  # smsgw_http_requests_total{route,method,status}
 
     origins = node.settings.allowed_origins
     quart_cors.cors(app, allow_origin="*" if origins == ("*",) else list(origins),
@@ -58,7 +63,7 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException):
-        messages = {404: "Not found", 405: "Method not allowed", 413: "Request body too large (limit 64 KiB)"}
+        messages = {404: "Not found", 405: "Method not allowed", 413: "Request body too large (limit 1024 KiB)"}
         headers = {}
         if exc.code == 405 and getattr(exc, "valid_methods", None):
             headers["Allow"] = ", ".join(exc.valid_methods)

@@ -40,7 +40,7 @@ async def require_client(scope: str) -> ApiKey:
     if key.kind != "client":
         raise ApiError(403, "This endpoint needs a client key (api_live_…)")
     node = current_app.config["NODE"]
-    g.rate_headers = node.limits.check_key(key.id)
+    g.rate_headers = await node.limits.check_key(key.id)
     if not key.has_scope(scope):
         raise ApiError(403, f"This key lacks the '{scope}' scope")
     return key

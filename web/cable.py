@@ -28,6 +28,7 @@ from web.models import HeartbeatRequest, InboundRequest, StatusReportRequest
 __all__ = ["blueprint"]
 
 log = logging.getLogger("smsgw.cable")
+RECONNECTING_REASONS = frozenset({"server_restart", "stalled", "heartbeat_timeout"})
 blueprint = Blueprint("cable", __name__)
 
 
@@ -87,15 +88,19 @@ class _CableSession:
     async def run(self) -> None:
         actor, registry = self.actor, self.node.gateways
         registry.attach(actor)
-        log.info("gateway %s connected", actor.device_id)
+        log.info("gateway %s connected", actor.device_id, extra={"device_id": actor.device_id})
         try:
+            # Presence for the other nodes; one holding an older socket of this phone closes it.
+            await self.node.backplane.gateway_attached(actor.gateway_id, actor.lease)
             await actor.send_frame(cable.welcome())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_loop, nursery.cancel_scope)
                 await actor.run()
                 nursery.cancel_scope.cancel()
             if actor.close_reason is not None:
-                reconnect = actor.close_reason not in ("key_rotated",)
+                # A replaced socket must not reconnect (two copies of one phone would take
+                # turns); a restart, a stall or a silent phone should.
+                reconnect = actor.close_reason in RECONNECTING_REASONS
                 with trio.move_on_after(1):
                     await self.socket.send(cable.disconnect(actor.close_reason, reconnect=reconnect))
                     await self.socket.close(1000)
@@ -109,11 +114,11 @@ class _CableSession:
         actor.in_flight.clear()
         last = registry.detach(actor)
         log.info("gateway %s disconnected (%s), requeueing %d", actor.device_id,
-                 actor.close_reason or "socket closed", len(held))
+                 actor.close_reason or "socket closed", len(held), extra={"device_id": actor.device_id})
         with trio.move_on_after(10):
-            if held:
-                await self.node.dispatcher.requeue(actor.gateway_id, held)
-            if last:
+            await self.node.dispatcher.release(actor.gateway_id, actor.lease)
+            # Offline only if no newer connection holds the phone, here or on another node.
+            if last and await self.node.backplane.gateway_left(actor.gateway_id, actor.lease):
                 await self.node.store.run(_went_offline, self.gateway)
 
     async def _receive_loop(self, scope: trio.CancelScope) -> None:
@@ -138,11 +143,13 @@ class _CableSession:
                     self.actor.identifier = None
             case cable.ActionReceived(identifier=identifier, action=action, data=data):
                 if identifier != self.actor.identifier:
-                    log.info("gateway %s: action on a foreign subscription ignored", self.actor.device_id)
+                    log.info("gateway %s: action on a foreign subscription ignored", self.actor.device_id,
+                             extra={"device_id": self.actor.device_id})
                     return
                 await self._perform(action, data)
             case cable.FrameIgnored(reason=reason):
-                log.info("gateway %s: frame ignored: %s", self.actor.device_id, reason)
+                log.info("gateway %s: frame ignored: %s", self.actor.device_id, reason,
+                         extra={"device_id": self.actor.device_id})
 
     async def _subscribe(self, identifier: str, params: dict) -> None:
         if params.get("channel") != "GatewayChannel" or params.get("api_key_digest") != self.digest:
@@ -151,7 +158,7 @@ class _CableSession:
         if self.actor.identifier is not None and self.actor.identifier != identifier:
             await self.actor.send_frame(self.protocol.reject(identifier))  # one GatewayChannel per socket
             return
-        await self.node.store.run(_went_online, self.gateway)
+        await self.node.store.run(_went_online, self.gateway, self.actor.lease)
         self.actor.identifier = identifier
         await self.actor.send_frame(self.protocol.confirm(identifier))
         self.node.dispatcher.wake()
@@ -175,16 +182,21 @@ class _CableSession:
                     if isinstance(payload.get("timestamp"), str):
                         payload["timestamp"] = _parse_time(payload["timestamp"])
                     body = InboundRequest.model_validate(payload, context=context)
-                    await self.node.store.run(messages_store.store_inbound, self.gateway, body.sender,
-                                              body.message, body.timestamp or datetime.now(timezone.utc))
+                    _, new = await self.node.store.run(messages_store.store_inbound, self.gateway, body.sender,
+                                                       body.message, body.timestamp or datetime.now(timezone.utc))
+                    self.node.metrics.received(new)
                 case _:
-                    log.info("gateway %s: unknown action %r ignored", self.actor.device_id, action[:64])
+                    log.info("gateway %s: unknown action %r ignored", self.actor.device_id, action[:64],
+                             extra={"device_id": self.actor.device_id})
         except ValidationError as exc:
-            log.info("gateway %s: bad %s: %s", self.actor.device_id, action, exc.errors()[0]["msg"])
+            log.info("gateway %s: bad %s: %s", self.actor.device_id, action, exc.errors()[0]["msg"],
+                     extra={"device_id": self.actor.device_id})
         except messages_store.UnknownMessage as exc:
-            log.info("gateway %s: report for unknown message %s", self.actor.device_id, str(exc)[:64])
+            log.info("gateway %s: report for unknown message %s", self.actor.device_id, str(exc)[:64],
+                     extra={"device_id": self.actor.device_id, "message_id": str(exc)[:64]})
         except ValueError as exc:
-            log.info("gateway %s: bad %s: %s", self.actor.device_id, action, exc)
+            log.info("gateway %s: bad %s: %s", self.actor.device_id, action, exc,
+                     extra={"device_id": self.actor.device_id})
 
 
 def _parse_time(text: str) -> datetime | str:
@@ -194,7 +206,8 @@ def _parse_time(text: str) -> datetime | str:
         return text
 
 
-def _went_online(conn, gateway: dict) -> None:
+def _went_online(conn, gateway: dict, lease: str) -> None:
+    messages_store.take_back_stale(conn, gateway["id"], lease)
     row = conn.execute(
         "UPDATE gateways g SET status = 'online', last_heartbeat_at = now(), updated_at = now()"
         " FROM (SELECT status FROM gateways WHERE id = %s FOR UPDATE) old WHERE g.id = %s"

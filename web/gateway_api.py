@@ -30,7 +30,7 @@ def _node():
             response=RegisterResponse, status=201, auth=None, errors=(409, 429), tag="gateway")
 async def register():
     node = _node()
-    headers = node.limits.check_register(request.remote_addr or "unknown")
+    headers = await node.limits.check_register(request.remote_addr or "unknown")
     body = await parse_body(RegisterRequest)
     try:
         gateway, key = await node.store.run(gateways_store.register, body.device_id, body.name, bearer_key())
@@ -39,6 +39,8 @@ async def register():
                        headers=headers) from None
     if node.gateways is not None:
         node.gateways.key_rotated(gateway["id"])
+    if node.backplane is not None:
+        await node.backplane.key_rotated(gateway["id"])  # a socket on another node, opened with the old key
     scheme = request.headers.get("X-Forwarded-Proto", request.scheme)
     return {
         "success": True,

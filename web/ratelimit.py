@@ -5,6 +5,7 @@ the backplane holds the state instead."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import attrs
 import trio
@@ -19,17 +20,26 @@ __all__ = ["RateLimits", "rate_headers"]
 class RateLimits:
     per_key: Gcra
     register: Gcra
+    backplane: Any = None  # actors.backplane.Backplane: counts across nodes; None: this process alone
 
     @classmethod
-    def from_settings(cls, settings) -> "RateLimits":
+    def from_settings(cls, settings, backplane: Any = None) -> "RateLimits":
         return cls(per_key=Gcra(limit=settings.rate_limit_per_key_per_minute, period=60.0),
-                   register=Gcra(limit=settings.rate_limit_register_per_minute, period=60.0))
+                   register=Gcra(limit=settings.rate_limit_register_per_minute, period=60.0),
+                   backplane=backplane)
 
-    def check_key(self, key_id: int) -> dict[str, str]:
-        return _enforce(self.per_key.check(f"key:{key_id}", trio.current_time()))
+    async def check_key(self, key_id: int) -> dict[str, str]:
+        """Count one request of this client key; the RateLimit-* headers, or 429."""
+        return _enforce(await self._decide(self.per_key, f"key:{key_id}"))
 
-    def check_register(self, ip: str) -> dict[str, str]:
-        return _enforce(self.register.check(f"ip:{ip}", trio.current_time()))
+    async def check_register(self, ip: str) -> dict[str, str]:
+        """Count one registration from this IP; the RateLimit-* headers, or 429."""
+        return _enforce(await self._decide(self.register, f"ip:{ip}"))
+
+    async def _decide(self, gcra: Gcra, key: str) -> RateDecision:
+        if self.backplane is None:
+            return gcra.check(key, trio.current_time())
+        return await self.backplane.check_rate(gcra, key)
 
 
 def rate_headers(decision: RateDecision) -> dict[str, str]:

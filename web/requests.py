@@ -11,7 +11,7 @@ from quart import current_app, request
 
 from web.errors import ApiError
 
-__all__ = ["parse_body", "parse_query", "page_count", "validation_error"]
+__all__ = ["BODY_LIMIT", "read_json_bytes", "parse_body", "parse_query", "page_count", "validation_error"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -31,12 +31,26 @@ def validation_error(exc: ValidationError) -> ApiError:
     return ApiError(422, f"{first['field']}: {first['message']}", details=details)
 
 
-async def parse_body(model: type[M]) -> M:
-    """Read the JSON body into `model`: 400 for a wrong content type or malformed JSON, 422
-    for a missing or wrongly typed field (naming it), 413 past the body limit."""
+BODY_LIMIT = 64 * 1024
+
+
+async def read_json_bytes(limit: int = BODY_LIMIT) -> bytes:
+    """The raw JSON body: 400 for a wrong content type, 413 past `limit` bytes."""
     if request.mimetype != "application/json":
         raise ApiError(400, "Content-Type must be application/json")
-    raw = await request.get_data(cache=False)
+    too_large = ApiError(413, f"Request body too large (limit {limit // 1024} KiB)")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    raw = await request.get_data()
+    if len(raw) > limit:
+        raise too_large
+    return raw
+
+
+async def parse_body(model: type[M], *, limit: int = BODY_LIMIT) -> M:
+    """Read the JSON body into `model`: 400 for a wrong content type or malformed JSON, 422
+    for a missing or wrongly typed field (naming it), 413 past the body limit."""
+    raw = await read_json_bytes(limit)
     try:
         return model.model_validate_json(raw or b"", strict=True, context={"region": _region()})
     except ValidationError as exc:

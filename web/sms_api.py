@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timedelta, timezone
+
+import trio
 
 from quart import Blueprint, current_app, g, request
 
 from actors.segments import MAX_SEGMENTS, segments_for
 from store import messages as messages_store
-from store.idempotency import IdempotencyConflict, recall, remember
+from store.idempotency import IdempotencyConflict
+from store.sends import SendItem
 from store.messages import NewMessage
 from store.outbox import iso
 from web.auth import require_client
@@ -27,15 +31,26 @@ def _node():
     return current_app.config["NODE"]
 
 
-def new_message(body: SendRequest, key_id: int, default_ttl: int, *, priority: str | None = None) -> NewMessage:
-    """The row to insert for a validated send request; 422 past MAX_SEGMENTS."""
+MAX_SCHEDULE_AHEAD = timedelta(days=30)
+
+
+def new_message(body: SendRequest, key_id: int, default_ttl: int, *, default_priority: str = "normal") -> NewMessage:
+    """The row to insert for a validated send request; 422 past MAX_SEGMENTS or a `send_at`
+    more than 30 days ahead. A `send_at` already past means now."""
     seg = segments_for(body.message)
     if seg.segments > MAX_SEGMENTS:
         raise ApiError(422, f"message: {seg.segments} segments ({seg.encoding}); at most {MAX_SEGMENTS} allowed")
+    send_at = body.send_at
+    if send_at is not None:
+        now = datetime.now(timezone.utc)
+        if send_at > now + MAX_SCHEDULE_AHEAD:
+            raise ApiError(422, "send_at: at most 30 days ahead")
+        if send_at <= now:
+            send_at = None
     return NewMessage(phone_number=body.to, body=body.message, segments=seg.segments, encoding=seg.encoding,
                       api_key_id=key_id, ttl_seconds=body.ttl_seconds or default_ttl,
-                      priority=PRIORITIES[priority or body.priority], reference=body.reference,
-                      send_at=body.send_at)
+                      priority=PRIORITIES[body.priority if "priority" in body.model_fields_set else default_priority], reference=body.reference,
+                      send_at=send_at)
 
 
 @blueprint.post("/send")
@@ -43,34 +58,42 @@ def new_message(body: SendRequest, key_id: int, default_ttl: int, *, priority: s
             status=202, errors=(409, 503), tag="sms")
 async def send():
     key = await require_client("sms")
-    raw = await request.get_data()
     body = await parse_body(SendRequest)
     node = _node()
-    idem = request.headers.get("Idempotency-Key")
-    if idem is not None and not (0 < len(idem) <= 255):
-        raise ApiError(422, "Idempotency-Key: must be 1 to 255 characters")
     message = new_message(body, key.id, node.settings.message_ttl_seconds)
-    request_hash = hashlib.sha256(raw).hexdigest()
-    try:
-        answer, status = await node.store.run(_send_once, key.id, idem, request_hash, message)
-    except IdempotencyConflict:
-        raise ApiError(409, "Idempotency-Key was already used with a different request body") from None
-    if status == 202:
-        node.dispatcher.wake()
+    answer, status = await _accept(SendItem(key_id=key.id, messages=(message,), answer=_single_answer,
+                                            **await _idempotency()))
     return answer, status, g.get("rate_headers", {})
 
 
-def _send_once(conn, key_id: int, idem: str | None, request_hash: str, message: NewMessage) -> tuple[dict, int]:
-    if idem is not None:
-        earlier = recall(conn, key_id, idem, request_hash)
-        if earlier is not None:
-            return earlier
-    row = messages_store.insert_outbound(conn, [message])[0]
-    answer = {"success": True, "message_id": row["message_id"], "status": row["status"],
-              "segments": row["segments"], "encoding": row["encoding"]}
-    if idem is not None:
-        remember(conn, key_id, idem, request_hash, 202, answer)
-    return answer, 202
+def _single_answer(rows: list[dict]) -> tuple[dict, int]:
+    row = rows[0]
+    return {"success": True, "message_id": row["message_id"], "status": row["status"],
+            "segments": row["segments"], "encoding": row["encoding"]}, 202
+
+
+async def _idempotency() -> dict:
+    """The request's Idempotency-Key (validated) and the hash of its body."""
+    idem = request.headers.get("Idempotency-Key")
+    if idem is None:
+        return {}
+    if not 0 < len(idem) <= 255:
+        raise ApiError(422, "Idempotency-Key: must be 1 to 255 characters")
+    raw = await request.get_data()
+    return {"idem": idem, "request_hash": hashlib.sha256(raw).hexdigest()}
+
+
+async def _accept(item: SendItem) -> tuple[dict, int]:
+    """Write through the group committer; 202 only once committed."""
+    node = _node()
+    try:
+        answer, status = await node.sends.submit(item)
+    except IdempotencyConflict:
+        raise ApiError(409, "Idempotency-Key was already used with a different request body") from None
+    except trio.TooSlowError:
+        raise ApiError(503, "Service busy: the message was not accepted", headers={"Retry-After": "2"}) from None
+    node.dispatcher.wake()
+    return answer, status
 
 
 @blueprint.get("/status/<message_id>")

@@ -1,0 +1,446 @@
+"""`RedisBackplane`: the backplane of several nodes sharing one Redis (coredis, native on Trio).
+
+Keys and channels, all under `REDIS_PREFIX` (`p`):
+- `p:wake` (channel): a message was queued; every other node's dispatcher runs a round. At most
+  one publish per `WAKE_COALESCE` burst.
+- `p:presence:<gateway_id>` = "<lease> <node_id>", TTL `presence_ttl`, refreshed every
+  `refresh_interval` while the socket is open. Set on attach, which also publishes on
+  `p:replace`: another node holding an older connection of that phone closes it (`replaced`).
+  A refresh that finds another lease in the key closes the local connection too (a lost publish).
+- `p:snapshots:<node_id>` (hash gateway_id -> JSON of `GatewayActor.snapshot()`), rewritten every
+  `snapshot_interval` and soon after a phone comes or goes; `p:nodes` (sorted set, score = when
+  that node's hash expires) lists the nodes to read.
+- `p:rate:<key>`: the TAT of one GCRA key, written by one Lua script on Redis' clock.
+- `p:gateway` (channel): an operator's change or a key rotation, for the node holding the phone.
+
+Redis down: each call falls back to this node alone (local GCRA, local wake-up, no presence) and
+the outage is logged once; the subscriber reconnects with capped exponential backoff and, once
+back, re-announces presence and snapshots. A node killed outright leaves its phones' presence to
+expire: every node's sweep then returns what those connections held to the queue (by lease, so
+a phone that already reconnected elsewhere keeps what it holds) and marks them offline, within
+`presence_ttl + refresh_interval` (20 s). The sweep trusts a missing key only once its own link
+has been up a whole TTL, since a restarted Redis comes back empty.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from typing import Awaitable, Callable, TypeVar
+
+import attrs
+import coredis
+import trio
+from coredis.commands.script import Script
+from coredis.exceptions import RedisError
+from coredis.retry import NoRetryPolicy
+
+from actors.backoff import exponential_delay
+from actors.backplane import Presence, decode_snapshot, encode_snapshot, merge_fleet
+from actors.gateway import GatewayRegistry
+from actors.rates import Gcra, RateDecision
+from store import gateways as gateways_store
+from store import messages as messages_store
+from store.outbox import emit
+
+__all__ = ["RedisBackplane", "RedisUnavailable", "GCRA_LUA"]
+
+log = logging.getLogger("smsgw.backplane")
+T = TypeVar("T")
+
+PRESENCE_TTL = 15.0
+REFRESH_INTERVAL = 5.0
+SNAPSHOT_INTERVAL = 3.0
+SNAPSHOT_SPACING = 0.2     # on-change snapshot writes, at most this often
+WAKE_COALESCE = 0.005
+COMMAND_DEADLINE = 1.0     # one Redis round trip; past it the link counts as down
+CONNECT_TIMEOUT = 1.0
+SWEEP_DEADLINE = 10.0
+UNREACHABLE = (RedisError, OSError, TimeoutError, trio.TooSlowError)
+
+# One GCRA step, `Gcra.decide` of actors/rates.py line for line, on Redis' clock. ARGV[3], a
+# `now` in seconds, is for the tests that compare it with `Gcra.decide`; nodes never send it.
+GCRA_LUA = """
+local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now
+if ARGV[3] then now = tonumber(ARGV[3]) else
+  local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
+local interval = period / limit
+local stored = redis.call('GET', KEYS[1])
+local tat = now
+if stored then tat = math.max(tonumber(stored), now) end
+local new_tat = tat + interval
+local allow_at = new_tat - period
+if now + 1e-9 < allow_at then
+  return {0, 0, string.format('%.17g', tat - now), string.format('%.17g', allow_at - now)}
+end
+local remaining = math.min(limit - 1, math.max(0, math.floor((now - allow_at) / interval + 1e-9)))
+redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+return {1, remaining, string.format('%.17g', new_tat - now), '0'}
+"""
+ATTACH_LUA = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+# Forget a presence only if it is still this connection's: 1 when the gateway is now gone.
+LEAVE_LUA = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 1 end
+if string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then redis.call('DEL', KEYS[1]); return 1 end
+return 0
+"""
+# Extend each presence that is still ours; return the positions of those another lease took.
+REFRESH_LUA = """
+local taken = {}
+for i, key in ipairs(KEYS) do
+  local mine = ARGV[i + 1]
+  local lease = string.sub(mine, 1, string.find(mine, ' ', 1, true))
+  local v = redis.call('GET', key)
+  if v and string.sub(v, 1, #lease) ~= lease then taken[#taken + 1] = i
+  else redis.call('SET', key, mine, 'PX', ARGV[1]) end
+end
+return taken
+"""
+SNAPSHOT_WRITE_LUA = """
+redis.call('DEL', KEYS[1])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+return 1
+"""
+SNAPSHOT_READ_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
+  if node ~= ARGV[2] then out[#out + 1] = redis.call('HGETALL', ARGV[1] .. node) end
+end
+return out
+"""
+
+
+_GCRA, _ATTACH, _LEAVE, _REFRESH, _SNAPSHOT_WRITE, _SNAPSHOT_READ = (
+    Script(script=source) for source in (GCRA_LUA, ATTACH_LUA, LEAVE_LUA, REFRESH_LUA, SNAPSHOT_WRITE_LUA,
+                                         SNAPSHOT_READ_LUA))
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer in time (or is known to be down): fall back to this node alone."""
+
+
+@attrs.define(eq=False)
+class RedisBackplane:
+    url: str
+    prefix: str
+    node_id: str
+    registry: GatewayRegistry
+    wake_local: Callable[[], None]
+    store: object = None  # store.pool.Store: the sweep of dead nodes' leases (None: no sweep)
+    presence_ttl: float = PRESENCE_TTL
+    refresh_interval: float = REFRESH_INTERVAL
+    snapshot_interval: float = SNAPSHOT_INTERVAL
+    _client: coredis.Redis | None = None
+    _up_since: float | None = None     # trio time the link last came up; None while down
+    _outage_logged: bool = False
+    _outage_began: float = 0.0
+    _session: trio.CancelScope | None = None
+    _wake_wanted: trio.Event = attrs.Factory(trio.Event)
+    _snapshot_due: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def up(self) -> bool:
+        return self._up_since is not None
+
+    def key(self, *parts: object) -> str:
+        return ":".join((self.prefix, *map(str, parts)))
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Subscriber, wake publisher, presence refresh, snapshots and the sweep, until cancelled.
+        Starts at once whether or not Redis answers; Redis errors never end it."""
+        client = coredis.Redis.from_url(self.url, decode_responses=True, connect_timeout=CONNECT_TIMEOUT,
+                                        stream_timeout=COMMAND_DEADLINE * 5, retry_policy=NoRetryPolicy())
+        async with client:
+            self._client = client
+            try:
+                async with trio.open_nursery() as nursery:
+                    for task in (self._subscriber, self._wake_publisher, self._refresher,
+                                 self._snapshot_publisher, self._sweeper):
+                        nursery.start_soon(task)
+                    task_status.started()
+            finally:
+                self._up_since, self._client = None, None
+                with trio.move_on_after(0.5, shield=True):
+                    try:
+                        await client.zrem(self.key("nodes"), [self.node_id])
+                        await client.delete([self.key("snapshots", self.node_id)])
+                    except UNREACHABLE:
+                        pass
+
+    # --- what the node asks ------------------------------------------------------------------
+
+    def publish_wake(self) -> None:
+        self._wake_wanted.set()
+
+    async def check_rate(self, gcra: Gcra, key: str) -> RateDecision:
+        if gcra.limit == 0:
+            return gcra.check(key, trio.current_time())
+        try:
+            allowed, remaining, reset_after, retry_after = await self._redis(
+                lambda c: _GCRA(keys=[self.key("rate", key)], args=[gcra.limit, gcra.period], client=c))
+        except RedisUnavailable:
+            return gcra.check(key, trio.current_time())
+        return RateDecision(allowed=bool(int(allowed)), limit=gcra.limit, remaining=int(remaining),
+                            reset_after=float(reset_after), retry_after=float(retry_after))
+
+    async def gateway_attached(self, gateway_id: int, lease: str) -> None:
+        message = json.dumps({"g": gateway_id, "l": lease, "n": self.node_id})
+        try:
+            await self._redis(lambda c: _ATTACH(keys=[self.key("presence", gateway_id)], client=c, args=[
+                f"{lease} {self.node_id}", int(self.presence_ttl * 1000), self.key("replace"), message]))
+        except RedisUnavailable:
+            pass
+        self._snapshot_due.set()
+
+    async def gateway_left(self, gateway_id: int, lease: str) -> bool:
+        self._snapshot_due.set()
+        try:
+            return bool(await self._redis(
+                lambda c: _LEAVE(keys=[self.key("presence", gateway_id)], args=[lease], client=c)))
+        except RedisUnavailable:
+            return True
+
+    async def gateway_changed(self, row: dict) -> None:
+        await self._publish("gateway", {"kind": "settings", "id": row["id"], "active": row["active"],
+                                        "priority": row["priority"],
+                                        "send_rate_per_minute": row["send_rate_per_minute"]})
+
+    async def key_rotated(self, gateway_id: int) -> None:
+        await self._publish("gateway", {"kind": "key_rotated", "id": gateway_id})
+
+    async def holder(self, gateway_id: int) -> Presence | None:
+        try:
+            value = await self._redis(lambda c: c.get(self.key("presence", gateway_id)))
+        except RedisUnavailable:
+            actor = self.registry.get(gateway_id)
+            return Presence(self.node_id, actor.lease) if actor is not None else None
+        if value is None:
+            return None
+        lease, _, node_id = value.partition(" ")
+        return Presence(node_id, lease)
+
+    async def fleet_snapshots(self) -> dict[int, dict]:
+        local = self.registry.snapshots()
+        try:
+            nodes = await self._redis(lambda c: _SNAPSHOT_READ(keys=[self.key("nodes")], client=c,
+                                                             args=[self.key("snapshots", ""), self.node_id]))
+        except RedisUnavailable:
+            return local
+        remote = [{int(flat[i]): decode_snapshot(flat[i + 1]) for i in range(0, len(flat), 2)} for flat in nodes]
+        return merge_fleet(local, remote)
+
+    # --- the link ----------------------------------------------------------------------------
+
+    async def _redis(self, command: Callable[[coredis.Redis], Awaitable[T]],
+                     deadline: float = COMMAND_DEADLINE) -> T:
+        """Run one command under a deadline; `RedisUnavailable` while the link is down."""
+        client = self._client
+        if client is None or self._up_since is None:
+            raise RedisUnavailable()
+        try:
+            with trio.fail_after(deadline):
+                return await command(client)
+        except UNREACHABLE as exc:
+            self._lost(exc)
+            raise RedisUnavailable() from exc
+
+    async def _publish(self, channel: str, payload: dict) -> None:
+        text = json.dumps({**payload, "n": self.node_id})
+        try:
+            await self._redis(lambda c: c.publish(self.key(channel), text))
+        except RedisUnavailable:
+            pass
+
+    def _lost(self, exc: BaseException) -> None:
+        """The link broke: log once per outage, and make the subscriber reconnect."""
+        if not self._outage_logged:
+            self._outage_logged, self._outage_began = True, trio.current_time()
+            log.warning("redis unreachable (%s: %s): this node keeps serving its own gateways; rate limits"
+                        " count on this node, wake-ups stay local, presence is not shared until it is back",
+                        type(exc).__name__, exc)
+        self._up_since = None
+        if self._session is not None:
+            self._session.cancel()
+
+    async def _subscriber(self) -> None:
+        attempt = 0
+        channels = [self.key("wake"), self.key("replace"), self.key("gateway")]
+        while True:
+            try:
+                async with self._client.pubsub(channels=channels, ignore_subscribe_messages=True,
+                                               retry_policy=NoRetryPolicy()) as pubsub:
+                    with trio.CancelScope() as self._session:
+                        await self._came_up()
+                        attempt = 0
+                        async for message in pubsub:
+                            self._received(message["channel"], message["data"])
+            except* (*UNREACHABLE, RedisUnavailable) as group:
+                self._lost(group.exceptions[0])
+            finally:
+                self._session = None
+            attempt += 1
+            await trio.sleep(exponential_delay(attempt, base=0.2, cap=5.0, rand=random.random))
+
+    async def _came_up(self) -> None:
+        if self._outage_logged:
+            log.warning("redis reachable again after %.0f s", trio.current_time() - self._outage_began)
+        else:
+            log.info("backplane on redis (prefix %s, node %s)", self.prefix, self.node_id)
+        self._outage_logged = False
+        self._up_since = trio.current_time()
+        await self._refresh_presence()  # a restarted Redis came back empty
+        self._snapshot_due.set()
+        self.wake_local()               # whatever the others queued while we could not hear them
+        self.publish_wake()
+
+    def _received(self, channel: str, data: str) -> None:
+        if channel == self.key("wake"):
+            if data != self.node_id:
+                self.wake_local()
+            return
+        try:
+            message = json.loads(data)
+            if message["n"] == self.node_id:
+                return
+            self._apply(channel, message)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignored a malformed message on %s: %s", channel, exc)
+
+    def _apply(self, channel: str, message: dict) -> None:
+        if channel == self.key("replace"):
+            actor = self.registry.get(message["g"])
+            if actor is not None and actor.lease != message["l"]:
+                actor.close("replaced")
+        elif message.get("kind") == "settings":
+            if self.registry.get(message["id"]) is not None:
+                self.registry.settings_changed(message)
+        elif message.get("kind") == "key_rotated":
+            self.registry.key_rotated(message["id"])
+
+    # --- periodic work -----------------------------------------------------------------------
+
+    async def _wake_publisher(self) -> None:
+        while True:
+            await self._wake_wanted.wait()
+            self._wake_wanted = trio.Event()
+            try:
+                await self._redis(lambda c: c.publish(self.key("wake"), self.node_id))
+            except RedisUnavailable:
+                pass
+            await trio.sleep(WAKE_COALESCE)
+
+    async def _refresher(self) -> None:
+        while True:
+            await trio.sleep(self.refresh_interval)
+            try:
+                await self._refresh_presence()
+            except RedisUnavailable:
+                pass
+
+    async def _refresh_presence(self) -> None:
+        held = sorted(self.registry.live_leases().items())
+        for start in range(0, len(held), 1000):
+            chunk = held[start:start + 1000]
+            taken = await self._redis(lambda c: _REFRESH(
+                client=c, keys=[self.key("presence", g) for g, _ in chunk],
+                args=[int(self.presence_ttl * 1000), *(f"{lease} {self.node_id}" for _, lease in chunk)]))
+            for position in taken:
+                gateway_id, lease = chunk[int(position) - 1]
+                actor = self.registry.get(gateway_id)
+                if actor is not None and actor.lease == lease:
+                    actor.close("replaced")
+
+    async def _snapshot_publisher(self) -> None:
+        ttl_ms = int(self.snapshot_interval * 3 * 1000)
+        while True:
+            with trio.move_on_after(self.snapshot_interval):
+                await self._snapshot_due.wait()
+            self._snapshot_due = trio.Event()
+            fields = [part for gateway_id, snapshot in self.registry.snapshots().items()
+                      for part in (str(gateway_id), encode_snapshot(snapshot))]
+            try:
+                await self._redis(lambda c: _SNAPSHOT_WRITE(
+                    client=c, keys=[self.key("snapshots", self.node_id), self.key("nodes")],
+                    args=[ttl_ms, self.node_id, *fields]))
+            except RedisUnavailable:
+                pass
+            await trio.sleep(SNAPSHOT_SPACING)
+
+    async def _sweeper(self) -> None:
+        if self.store is None:
+            return
+        while True:
+            await trio.sleep(self.refresh_interval)
+            if self._up_since is None or trio.current_time() - self._up_since < self.presence_ttl:
+                continue  # a key missing now may only mean Redis restarted empty
+            with trio.move_on_after(SWEEP_DEADLINE):
+                try:
+                    await self.sweep()
+                except RedisUnavailable:
+                    pass
+
+    async def sweep(self) -> tuple[int, list[dict]]:
+        """Return to the queue what connections without presence held, mark their phones
+        offline; return how many messages and which gateways. Safe on every node at once."""
+        leases, stale = await self.store.run(_sweep_candidates, self.presence_ttl)
+        ids = sorted({g for g, _ in leases} | set(stale))
+        if not ids:
+            return 0, []
+        values = await self._redis(lambda c: c.mget([self.key("presence", g) for g in ids]))
+        present = {g: v.partition(" ")[0] for g, v in zip(ids, values) if v is not None}
+        local = self.registry.live_leases()  # after the query: a connection opened since is in it
+        held = set(local.values())
+        orphans = [(g, lease) for g, lease in leases if lease not in held and present.get(g) != lease]
+        gone = [g for g in stale if g not in present and g not in local]
+        requeued, offline = await self.store.run(_reclaim, orphans, gone, self.presence_ttl)
+        if requeued or offline:
+            log.info("reclaimed %d messages from connections no node holds; offline: %s", requeued,
+                     ", ".join(g["device_id"] for g in offline) or "none")
+            self.wake_local()
+            self.publish_wake()
+        return requeued, offline
+
+
+def _sweep_candidates(conn, stale_seconds: float) -> tuple[list[tuple[int, str]], list[int]]:
+    """Connections holding dispatched messages, and online gateways silent for `stale_seconds`."""
+    leases = conn.execute(
+        "SELECT DISTINCT gateway_id, lease FROM messages WHERE status = 'dispatched' AND lease IS NOT NULL"
+    ).fetchall()
+    stale = conn.execute(
+        "SELECT id FROM gateways WHERE status = 'online'"
+        " AND (last_heartbeat_at IS NULL OR last_heartbeat_at < now() - make_interval(secs => %s))",
+        (stale_seconds,),
+    ).fetchall()
+    return [(r["gateway_id"], r["lease"]) for r in leases], [r["id"] for r in stale]
+
+
+def _reclaim(conn, orphans: list[tuple[int, str]], gone: list[int], stale_seconds: float) -> tuple[int, list[dict]]:
+    """Requeue the orphaned leases; mark `gone` gateways offline if still silent (a phone that
+    reconnected meanwhile has a fresh heartbeat and is left alone)."""
+    requeued = sum(messages_store.requeue_lease(conn, g, lease) for g, lease in orphans)
+    rows = conn.execute(
+        "SELECT id, device_id, name FROM gateways WHERE id = ANY(%s) AND status = 'online'"
+        " AND (last_heartbeat_at IS NULL OR last_heartbeat_at < now() - make_interval(secs => %s))"
+        " ORDER BY id FOR UPDATE SKIP LOCKED",
+        (gone, stale_seconds),
+    ).fetchall() if gone else []
+    offline = []
+    for row in rows:
+        if gateways_store.mark_offline(conn, row["id"]):
+            emit(conn, "gateway_offline", {"gateway_id": row["device_id"], "name": row["name"], "status": "offline"})
+            offline.append(row)
+    return requeued, offline

@@ -1,0 +1,105 @@
+"""Group commit: many waiting callers, one transaction.
+
+A `GroupCommitter` takes whatever requests have arrived in its mailbox, writes them all in one
+transaction with its `write_batch` function, and answers each waiter once that transaction has
+committed. There is no fixed wait for a batch to fill: with light traffic a batch is one
+request, and under load batches grow by themselves, so the commit cost is shared.
+
+`write_batch(conn, items)` returns one result per item, in order; an item's result may be an
+exception instance, which is raised to that waiter alone (the others still commit). If the
+transaction itself fails, every waiter of the batch gets that error and nothing of the batch
+was committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Generic, Sequence, TypeVar
+
+import attrs
+import trio
+
+from store.pool import Store
+
+__all__ = ["GroupCommitter"]
+
+log = logging.getLogger("smsgw.group_commit")
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@attrs.define(eq=False)
+class _Pending(Generic[T]):
+    item: T
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: object = None
+    error: BaseException | None = None
+
+
+@attrs.define(eq=False)
+class GroupCommitter(Generic[T, R]):
+    store: Store
+    write_batch: Callable[..., Sequence[object]]
+    name: str = "group-commit"
+    max_batch: int = 500
+    writers: int = 2  # transactions in flight at once: one fills while the other commits
+    mailbox_size: int = 4096
+    batches: int = 0
+    items: int = 0
+    _send: trio.MemorySendChannel = attrs.field(init=False)
+    _receive: trio.MemoryReceiveChannel = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel(self.mailbox_size)
+
+    async def submit(self, item: T, *, timeout: float = 15.0) -> R:
+        """Write `item` in the next group; return its result once committed.
+
+        Raises the item's own error, the batch's error (e.g. `StoreUnavailable`), or
+        `trio.TooSlowError` after `timeout`. If the caller is cancelled after submitting, the
+        item may still be committed (as with any write whose answer was lost).
+        """
+        pending = _Pending(item)
+        with trio.fail_after(timeout):
+            await self._send.send(pending)  # a full mailbox makes callers wait: back-pressure
+            await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result  # type: ignore[return-value]
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run the writer tasks until cancelled; a crash propagates to the supervisor."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.writers):
+                nursery.start_soon(self._writer)
+            task_status.started()
+
+    async def _writer(self) -> None:
+        while True:
+            batch = [await self._receive.receive()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            # Shielded: once a batch is being written, its waiters must learn the outcome.
+            with trio.CancelScope(shield=True):
+                results = await self.store.run(self.write_batch, [p.item for p in batch])
+        except Exception as exc:  # the whole transaction failed: nothing of it was committed
+            log.warning("%s: batch of %d failed: %s", self.name, len(batch), exc)
+            for pending in batch:
+                pending.error = exc
+                pending.done.set()
+            return
+        self.batches += 1
+        self.items += len(batch)
+        for pending, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                pending.error = result
+            else:
+                pending.result = result
+            pending.done.set()

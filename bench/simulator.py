@@ -1,0 +1,554 @@
+"""Virtual gateway phones: `smsgw simulate`, and the fleet the benchmark and tests drive.
+
+Each phone registers over REST (keys kept in a JSON file, so a rerun rotates the same devices'
+keys instead of piling up new ones), holds an Action Cable socket to `/cable` the way the real
+client does (subprotocols, welcome, subscribe, stale detection after 6 s without a frame,
+reconnect with backoff, obey `disconnect` with `reconnect:false`), answers `send_sms` with
+`sent` then `delivered` (or `failed`), and sends heartbeats and, if asked, inbound SMS.
+
+Delivery is at least once: a phone that sees a message again (after a reconnect or failover)
+reports it again, and `FleetStats` counts it once. Times in `FleetStats` come from
+`time.monotonic()`, the system-wide clock, so another process (the benchmark's senders) can
+match them by message_id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import hashlib
+import json
+import logging
+import math
+import random
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import attrs
+import httpx
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, connect_websocket_url
+
+from actors.backoff import exponential_delay
+
+__all__ = ["DEFAULT_KEYS_PATH", "FleetStats", "RegistrationFailed", "ServerFrame", "classify", "latencies",
+           "percentile", "register_phones", "run_cli", "run_fleet", "stored_phones"]
+
+log = logging.getLogger("smsgw.simulator")
+
+DEFAULT_KEYS_PATH = Path("var/simulator-keys.json")
+STALE_AFTER = 6.0          # the JS client reconnects after 6 s without any frame
+HANDSHAKE_DEADLINE = 10.0  # welcome and confirm_subscription must come within this
+REMEMBERED = 10_000        # message_ids a phone remembers having reported, for repeats
+
+
+class RegistrationFailed(Exception):
+    """The server refused a registration for a reason a retry will not fix."""
+
+
+class _StopForGood(Exception):
+    """The server said not to reconnect (or the protocol is unsupported)."""
+
+
+_CONNECTION_LOST = (OSError, ConnectionClosed, HandshakeError, trio.BrokenResourceError, trio.TooSlowError)
+
+
+def _leaves(exc: BaseException):
+    """The exceptions inside (possibly nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of `values`; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n * q / 100), at least 1
+    return ordered[min(int(rank), len(ordered)) - 1]
+
+
+def latencies(start: Mapping[str, float], end: Mapping[str, float]) -> list[float]:
+    """`end[id] - start[id]` for every message_id present in both."""
+    return [end[m] - start[m] for m in start.keys() & end.keys()]
+
+
+@attrs.define
+class FleetStats:
+    """What the phones saw, by message_id, on the `time.monotonic()` clock."""
+
+    arrived: dict[str, float] = attrs.Factory(dict)    # first send_sms frame for the id
+    delivered: dict[str, float] = attrs.Factory(dict)  # first `delivered` report sent
+    failed: dict[str, float] = attrs.Factory(dict)     # first `failed` report sent
+    handled_by: dict[str, str] = attrs.Factory(dict)   # message_id -> device that reported it
+    duplicates: int = 0       # send_sms frames for an id already seen by the fleet
+    connects: int = 0         # subscriptions confirmed, first ones and after reconnects
+    online: int = 0           # phones subscribed right now
+    stopped: int = 0          # phones told not to reconnect
+    heartbeats: int = 0
+    inbound: int = 0
+    _waiting: int = 0         # phones not yet subscribed once (nor stopped)
+    _all_up: trio.Event = attrs.Factory(trio.Event)
+
+    def record_arrival(self, message_id: str) -> bool:
+        """Note a send_sms frame; False when the fleet had seen this id before."""
+        if message_id in self.arrived:
+            self.duplicates += 1
+            return False
+        self.arrived[message_id] = time.monotonic()
+        return True
+
+    def record_report(self, message_id: str, status: str, device_id: str) -> None:
+        target = self.delivered if status == "delivered" else self.failed
+        if message_id not in target:
+            target[message_id] = time.monotonic()
+            self.handled_by[message_id] = device_id
+
+    def to_json(self) -> dict:
+        return {"arrived": self.arrived, "delivered": self.delivered, "failed": self.failed,
+                "handled_by": self.handled_by, "duplicates": self.duplicates, "connects": self.connects,
+                "stopped": self.stopped, "heartbeats": self.heartbeats, "inbound": self.inbound}
+
+    def summary(self) -> dict:
+        to_delivered = latencies(self.arrived, self.delivered)
+        return {"received": len(self.arrived), "delivered": len(self.delivered), "failed": len(self.failed),
+                "duplicates": self.duplicates, "connects": self.connects, "online": self.online,
+                "p50_arrival_to_delivered_ms": _ms(percentile(to_delivered, 50)),
+                "p99_arrival_to_delivered_ms": _ms(percentile(to_delivered, 99))}
+
+    def _expect(self, phones: int) -> None:
+        self._waiting = phones
+        if phones == 0:
+            self._all_up.set()
+
+    def _settled_once(self) -> None:
+        self._waiting -= 1
+        if self._waiting <= 0:
+            self._all_up.set()
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+async def run_fleet(url: str, gateways: int, *, delivery_ms: float = 200, fail_rate: float = 0.0,
+                    inbound_every: float = 0.0, prefix: str = "sim", keys_path: Path = DEFAULT_KEYS_PATH,
+                    stats: FleetStats | None = None, register: bool = True, heartbeat_every: float = 30.0,
+                    connect_concurrency: int = 64, rand: random.Random | None = None,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run `gateways` phones against the server at `url` (http base URL) until cancelled.
+
+    `task_status.started(stats)` once every phone has been subscribed once (or been told to
+    stop). With `register=False` the keys come from `keys_path` as they are. Cancellation
+    closes every socket; messages a phone held unreported go back to the server's queue.
+    """
+    stats = FleetStats() if stats is None else stats
+    rand = rand or random.Random()
+    if register:
+        phones = await register_phones(url, gateways, prefix=prefix, keys_path=keys_path)
+    else:
+        phones = stored_phones(keys_path, gateways, prefix=prefix)
+    ws_base = url.replace("https://", "wss://", 1).replace("http://", "ws://", 1).rstrip("/") + "/cable"
+    behaviour = _Behaviour(delivery_ms=delivery_ms, fail_rate=fail_rate, inbound_every=inbound_every,
+                           heartbeat_every=heartbeat_every)
+    connecting = trio.CapacityLimiter(connect_concurrency)
+    stats._expect(len(phones))
+    async with trio.open_nursery() as nursery:
+        for device_id, key in phones:
+            phone = _Phone(device_id=device_id, key=key, ws_url=f"{ws_base}?api_key={key}", behaviour=behaviour,
+                           stats=stats, rand=random.Random(rand.random()), connecting=connecting)
+            nursery.start_soon(phone.run)
+        await stats._all_up.wait()
+        log.info("%d phones subscribed (%d told to stop)", len(phones) - stats.stopped, stats.stopped)
+        task_status.started(stats)
+
+
+async def register_phones(url: str, gateways: int, *, prefix: str, keys_path: Path,
+                          concurrency: int = 32) -> list[tuple[str, str]]:
+    """Register (or rotate the key of) `{prefix}-0000` ... ; return [(device_id, api_key)].
+
+    A device with a stored key re-registers with it as Bearer, which rotates the key. A
+    device_id taken by someone else (409 and no stored key that opens it) gets a new suffix,
+    with a warning. The key file is rewritten at the end, even when interrupted.
+    """
+    book = _load_keys(keys_path)
+    limiter = trio.CapacityLimiter(concurrency)
+    slots = [f"{prefix}-{i:04d}" for i in range(gateways)]
+
+    async def one(http: httpx.AsyncClient, index: int, slot: str) -> None:
+        async with limiter:
+            entry = book.get(slot) or {}
+            device_id, key = entry.get("device_id", slot), entry.get("api_key")
+            answer = await _register(http, device_id, f"Simulated phone {index}", key)
+            if answer is None:
+                fresh = f"{slot}-{random.getrandbits(24):06x}"
+                log.warning("%s is registered already and %s; registering as %s instead", device_id,
+                            "its stored key no longer opens it" if key else "no key for it is stored", fresh)
+                answer = await _register(http, fresh, f"Simulated phone {index}", None)
+                if answer is None:
+                    raise RegistrationFailed(f"{fresh}: 409 for a fresh device_id")
+            book[slot] = {"device_id": answer["device_id"], "api_key": answer["api_key"]}
+
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            async with trio.open_nursery() as nursery:
+                for index, slot in enumerate(slots):
+                    nursery.start_soon(one, http, index, slot)
+    finally:
+        _save_keys(keys_path, book)
+    return [(book[s]["device_id"], book[s]["api_key"]) for s in slots]
+
+
+def stored_phones(keys_path: Path, gateways: int, *, prefix: str) -> list[tuple[str, str]]:
+    """The first `gateways` phones of `prefix` in the key file, as registered earlier."""
+    book = _load_keys(keys_path)
+    slots = [f"{prefix}-{i:04d}" for i in range(gateways)]
+    missing = [s for s in slots if s not in book]
+    if missing:
+        raise RegistrationFailed(f"{len(missing)} phones of {prefix!r} have no stored key in {keys_path}")
+    return [(book[s]["device_id"], book[s]["api_key"]) for s in slots]
+
+
+async def _register(http: httpx.AsyncClient, device_id: str, name: str, key: str | None) -> dict | None:
+    """POST /register, waiting out 429s (within 10 minutes); None on 409."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with trio.fail_after(600):
+        while True:
+            r = await http.post("/api/v1/gateway/register", json={"device_id": device_id, "name": name},
+                                headers=headers)
+            if r.status_code == 201:
+                return r.json()
+            if r.status_code == 409:
+                return None
+            if r.status_code != 429:
+                raise RegistrationFailed(f"{device_id}: HTTP {r.status_code} {r.text[:200]}")
+            wait = float(r.headers.get("Retry-After", "1") or 1)
+            log.warning("registration rate-limited; waiting %.0f s (RATE_LIMIT_REGISTER_PER_MINUTE)", wait)
+            await trio.sleep(max(0.2, wait))
+
+
+def _load_keys(path: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+    return data.get("phones", {}) if isinstance(data, dict) else {}
+
+
+def _save_keys(path: Path, book: dict[str, dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"phones": book}, indent=1, sort_keys=True))
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+@attrs.frozen
+class _Behaviour:
+    delivery_ms: float
+    fail_rate: float
+    inbound_every: float
+    heartbeat_every: float
+
+
+@attrs.define(eq=False)
+class _Phone:
+    """One virtual phone: its socket sessions, one after another, until told to stop."""
+
+    device_id: str
+    key: str
+    ws_url: str
+    behaviour: _Behaviour
+    stats: FleetStats
+    rand: random.Random
+    connecting: trio.CapacityLimiter
+    identifier: str = ""
+    reported: collections.OrderedDict = attrs.Factory(collections.OrderedDict)  # id -> last status
+    delivering: set = attrs.Factory(set)
+    subscribed_once: bool = False
+    battery: int = 100
+
+    def __attrs_post_init__(self) -> None:
+        self.identifier = identifier_for(self.key)
+        self.battery = self.rand.randint(40, 100)
+
+    async def run(self) -> None:
+        """Sessions one after another, with backoff between failed ones, until told to stop."""
+        failures = 0
+        try:
+            while True:
+                try:
+                    if not await self._session():
+                        return
+                    failures = 0
+                except Exception as exc:  # noqa: BLE001 - sorted below; anything else re-raised
+                    leaves = list(_leaves(exc))
+                    stop = next((e for e in leaves if isinstance(e, _StopForGood)), None)
+                    if stop is not None:
+                        raise stop from None
+                    if not all(isinstance(e, _CONNECTION_LOST) for e in leaves):
+                        raise
+                    failures += 1
+                    log.info("%s: connection lost (%s); reconnecting", self.device_id,
+                             ", ".join(sorted({type(e).__name__ for e in leaves})))
+                await trio.sleep(exponential_delay(max(1, failures), base=0.5, cap=30.0, rand=self.rand.random))
+        except _StopForGood as exc:
+            log.warning("%s: stopping: %s", self.device_id, exc)
+        finally:
+            self._settle_readiness()
+        self.stats.stopped += 1
+
+    async def _session(self) -> bool:
+        """One socket's life; True to reconnect (stale socket, `server_restart`).
+
+        Raises `_StopForGood` on `reconnect:false`, a rejected subscription or an unsupported
+        protocol, and a connection error when the socket fails.
+        """
+        async with trio.open_nursery() as nursery:
+            async with self.connecting:
+                with trio.fail_after(HANDSHAKE_DEADLINE):
+                    ws = await connect_websocket_url(nursery, self.ws_url, subprotocols=list(SUBPROTOCOLS))
+            try:
+                if ws.subprotocol != SUBPROTOCOLS[0]:
+                    raise _StopForGood(f"protocol is unsupported ({ws.subprotocol!r})")
+                return await self._converse(ws, nursery)
+            finally:
+                # Cancelled (the phone is killed): the socket just drops when the connection's
+                # reader task in `nursery` ends. Otherwise close politely, while it still reads.
+                if trio.current_effective_deadline() != -math.inf:
+                    with trio.move_on_after(2):
+                        await ws.aclose()
+                nursery.cancel_scope.cancel()
+
+    async def _converse(self, ws, nursery: trio.Nursery) -> bool:
+        handshake_deadline = trio.current_time() + HANDSHAKE_DEADLINE
+        online = False
+        try:
+            while True:
+                with trio.move_on_after(STALE_AFTER) as stale:
+                    text = await ws.get_message()
+                if stale.cancelled_caught:
+                    log.info("%s: no frame for %.0f s; reconnecting", self.device_id, STALE_AFTER)
+                    return True
+                if not online and trio.current_time() > handshake_deadline:
+                    raise trio.TooSlowError("no subscription confirmed in time")
+                frame = classify(text)
+                match frame.kind:
+                    case "welcome":
+                        await ws.send_message(subscribe(self.identifier))
+                    case "confirm" if frame.identifier == self.identifier and not online:
+                        online = True
+                        self._went_online()
+                        nursery.start_soon(self._heartbeats, ws)
+                        if self.behaviour.inbound_every > 0:
+                            nursery.start_soon(self._inbound, ws)
+                    case "reject":
+                        raise _StopForGood("subscription rejected")
+                    case "disconnect":
+                        log.info("%s: disconnect (%s, reconnect=%s)", self.device_id, frame.reason, frame.reconnect)
+                        if not frame.reconnect:
+                            raise _StopForGood(f"server said {frame.reason}, reconnect false")
+                        return True
+                    case "send_sms":
+                        self._received(ws, frame.payload, nursery)
+        finally:
+            if online:
+                self.stats.online -= 1
+
+    def _settle_readiness(self) -> None:
+        if not self.subscribed_once:
+            self.subscribed_once = True
+            self.stats._settled_once()
+
+    def _went_online(self) -> None:
+        self.stats.connects += 1
+        self.stats.online += 1
+        self._settle_readiness()
+
+    def _received(self, ws, payload: dict, nursery: trio.Nursery) -> None:
+        message_id = str(payload.get("message_id"))
+        self.stats.record_arrival(message_id)
+        log.info("%s received SMS %s for %s: %s", self.device_id, message_id, payload.get("recipient"),
+                 payload.get("message"))
+        if message_id in self.delivering:
+            return  # already on it; its report will come
+        earlier = self.reported.get(message_id)
+        nursery.start_soon(self._deliver, ws, message_id, earlier)
+
+    async def _deliver(self, ws, message_id: str, earlier: str | None) -> None:
+        """Wait the delivery time, report `sent` then `delivered`/`failed`; a repeat of a message
+        already reported is reported again at once (the server may have lost the first)."""
+        self.delivering.add(message_id)
+        try:
+            if earlier is None:
+                delay = self.behaviour.delivery_ms / 1000 * self.rand.uniform(0.8, 1.2)
+                await trio.sleep(delay)
+            await self._perform(ws, "delivery_report", message_id=message_id, status="sent")
+            final = earlier or ("failed" if self.rand.random() < self.behaviour.fail_rate else "delivered")
+            extra = {"error_message": "simulated failure"} if final == "failed" else {}
+            await self._perform(ws, "delivery_report", message_id=message_id, status=final, **extra)
+            self.stats.record_report(message_id, final, self.device_id)
+            self.reported[message_id] = final
+            self.reported.move_to_end(message_id)
+            while len(self.reported) > REMEMBERED:
+                self.reported.popitem(last=False)
+        finally:
+            self.delivering.discard(message_id)
+
+    async def _heartbeats(self, ws) -> None:
+        every = self.behaviour.heartbeat_every
+        await trio.sleep(self.rand.uniform(0, every))  # spread a fleet's heartbeats out
+        while True:
+            self.battery = max(5, self.battery - self.rand.choice((0, 0, 0, 1)))
+            await self._perform(ws, "heartbeat", battery_level=self.battery,
+                                signal_strength=self.rand.randint(1, 4), messages_in_queue=len(self.delivering))
+            self.stats.heartbeats += 1
+            await trio.sleep(every)
+
+    async def _inbound(self, ws) -> None:
+        every, count = self.behaviour.inbound_every, 0
+        await trio.sleep(self.rand.uniform(0, every))
+        while True:
+            count += 1
+            sender = f"+1415555{self.rand.randint(0, 9999):04d}"
+            text = f"Hello from {sender} to {self.device_id} #{count}"
+            timestamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            await self._perform(ws, "message_received", sender=sender, message=text, timestamp=timestamp)
+            self.stats.inbound += 1
+            log.info("%s reported inbound SMS from %s: %s", self.device_id, sender, text)
+            await trio.sleep(every)
+
+    async def _perform(self, ws, action: str, **data) -> None:
+        with trio.fail_after(STALE_AFTER):
+            await ws.send_message(perform(self.identifier, action, **data))
+
+
+# --- The client side of Action Cable, without I/O -------------------------------------
+
+SUBPROTOCOLS = ("actioncable-v1-json", "actioncable-unsupported")
+FRAME_KINDS = ("welcome", "ping", "confirm", "reject", "disconnect", "send_sms", "other")
+
+
+@attrs.frozen
+class ServerFrame:
+    """A server frame as a phone reads it; `kind` is one of FRAME_KINDS."""
+
+    kind: str
+    identifier: str = ""
+    reason: str = ""
+    reconnect: bool = False
+    payload: dict = attrs.field(factory=dict, hash=False)
+
+
+def classify(text: str | bytes) -> ServerFrame:
+    """What a server frame means to a phone; anything unexpected is `other` (never raises)."""
+    try:
+        frame = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        return ServerFrame("other")
+    if not isinstance(frame, dict):
+        return ServerFrame("other")
+    kind, ident = frame.get("type"), frame.get("identifier")
+    ident = ident if isinstance(ident, str) else ""
+    if kind in ("welcome", "ping"):
+        return ServerFrame(kind)
+    if kind in ("confirm_subscription", "reject_subscription"):
+        return ServerFrame(kind.split("_")[0], identifier=ident)
+    if kind == "disconnect":
+        # Like the JS client: only an explicit `reconnect: true` allows reconnecting.
+        return ServerFrame("disconnect", reason=str(frame.get("reason")), reconnect=frame.get("reconnect") is True)
+    message = frame.get("message")
+    if isinstance(message, dict) and message.get("action") == "send_sms" and isinstance(message.get("message_id"), str):
+        return ServerFrame("send_sms", identifier=ident, payload=message)
+    return ServerFrame("other")
+
+
+def identifier_for(key: str) -> str:
+    """The GatewayChannel identifier, serialised as `JSON.stringify` does."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return json.dumps({"channel": "GatewayChannel", "api_key_digest": digest}, separators=(",", ":"))
+
+
+def subscribe(identifier: str) -> str:
+    return json.dumps({"command": "subscribe", "identifier": identifier})
+
+
+def perform(identifier: str, action: str, **data: object) -> str:
+    return json.dumps({"command": "message", "identifier": identifier,
+                       "data": json.dumps({"action": action, **data})})
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """`smsgw simulate`: run the fleet until Ctrl-C (exit 0); 1 when the server cannot be used."""
+    if args.gateways < 1 or args.delivery_ms < 0 or not 0 <= args.fail_rate <= 1 or args.inbound_every < 0:
+        print("smsgw simulate: --gateways >= 1, --delivery-ms >= 0, --fail-rate in 0..1, "
+              "--inbound-every >= 0", file=sys.stderr)
+        return 2
+    log.setLevel(logging.INFO)  # the received-SMS lines are the point (OTP codes are read here)
+    keys_path = Path(getattr(args, "keys", None) or DEFAULT_KEYS_PATH)
+    fleet = functools.partial(run_fleet, args.url.rstrip("/"), args.gateways, delivery_ms=args.delivery_ms,
+                              fail_rate=args.fail_rate, inbound_every=args.inbound_every, prefix=args.prefix,
+                              keys_path=keys_path)
+    try:
+        trio.run(fleet)
+    except KeyboardInterrupt:
+        return 0
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is not None:
+            return 0
+        failure = group.subgroup((RegistrationFailed, httpx.HTTPError))
+        if failure is None:
+            raise
+        print(f"smsgw simulate: {_first(failure)}", file=sys.stderr)
+        return 1
+    except (RegistrationFailed, httpx.HTTPError) as exc:
+        print(f"smsgw simulate: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _first(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
+
+
+async def _worker(opts: argparse.Namespace) -> None:
+    """The fleet as a process of its own for the benchmark: prints `ready` once subscribed,
+    runs until SIGTERM/SIGINT, then writes its stats as JSON to --stats-out."""
+    stats = FleetStats()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(
+                run_fleet, opts.url, opts.gateways, delivery_ms=opts.delivery_ms, fail_rate=opts.fail_rate,
+                prefix=opts.prefix, keys_path=Path(opts.keys), stats=stats, register=not opts.no_register,
+                connect_concurrency=opts.connect_concurrency))
+            print("ready", flush=True)
+            async for _ in signals:
+                break
+            nursery.cancel_scope.cancel()
+    Path(opts.stats_out).write_text(json.dumps(stats.to_json()))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.simulator", description=_worker.__doc__)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--gateways", type=int, required=True)
+    parser.add_argument("--delivery-ms", type=float, default=0)
+    parser.add_argument("--fail-rate", type=float, default=0.0)
+    parser.add_argument("--prefix", default="bench")
+    parser.add_argument("--keys", required=True)
+    parser.add_argument("--stats-out", required=True)
+    parser.add_argument("--no-register", action="store_true")
+    parser.add_argument("--connect-concurrency", type=int, default=64)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    trio.run(_worker, parser.parse_args())

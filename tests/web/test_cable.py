@@ -1,0 +1,152 @@
+"""`/cable` speaks Action Cable: welcome, pings, subscriptions, actions, bad frames, replacement."""
+
+import json
+import os
+import subprocess
+
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from tests.conftest import identifier_for, phone, wait_for
+from web import cable_protocol as cable
+
+NODE_DIR = os.path.join(os.path.dirname(__file__), "..", "node")
+
+
+def bearer(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_welcome_then_pings_every_three_seconds(server):
+    key = await server.register("dev-1")
+    async with open_websocket_url(f"{server.ws_url}?api_key={key}", subprotocols=[cable.SUBPROTOCOL]) as ws:
+        assert ws.subprotocol == "actioncable-v1-json"
+        assert json.loads(await ws.get_message()) == {"type": "welcome"}
+        with trio.fail_after(4):
+            ping = json.loads(await ws.get_message())
+        assert ping["type"] == "ping" and isinstance(ping["message"], int)
+
+
+@pytest.mark.parametrize("query", ["", "?api_key=gw_live_wrong", "?api_key=api_live_wrong"])
+async def test_bad_key_gets_unauthorized_disconnect_without_reconnect(server, query):
+    async with open_websocket_url(f"{server.ws_url}{query}", subprotocols=[cable.SUBPROTOCOL]) as ws:
+        frame = json.loads(await ws.get_message())
+        assert frame == {"type": "disconnect", "reason": "unauthorized", "reconnect": False}
+
+
+async def test_client_key_is_refused_on_the_cable(server):
+    client = server.client_key("sms")
+    async with open_websocket_url(f"{server.ws_url}?api_key={client}", subprotocols=[cable.SUBPROTOCOL]) as ws:
+        assert json.loads(await ws.get_message())["reason"] == "unauthorized"
+
+
+async def test_authorization_header_works_too(server):
+    key = await server.register("dev-1")
+    async with open_websocket_url(server.ws_url, subprotocols=[cable.SUBPROTOCOL],
+                                  extra_headers=[(b"authorization", f"Bearer {key}".encode())]) as ws:
+        assert json.loads(await ws.get_message()) == {"type": "welcome"}
+
+
+async def test_subscription_with_wrong_digest_or_channel_is_rejected(server):
+    key = await server.register("dev-1")
+    async with phone(server, key, subscribe=False) as p:
+        for params in ({"channel": "GatewayChannel", "api_key_digest": "0" * 64},
+                       {"channel": "OtherChannel", "api_key_digest": cable.api_key_digest(key)}):
+            identifier = json.dumps(params)
+            await p.ws.send_message(json.dumps({"command": "subscribe", "identifier": identifier}))
+            assert await p.next() == {"identifier": identifier, "type": "reject_subscription"}
+
+
+async def test_identifier_is_echoed_byte_for_byte_and_resubscribe_confirms_again(server):
+    key = await server.register("dev-1")
+    async with phone(server, key, subscribe=False) as p:
+        odd = '{ "api_key_digest" : "%s",  "channel":"GatewayChannel" }' % cable.api_key_digest(key)
+        for _ in range(2):
+            await p.ws.send_message(json.dumps({"command": "subscribe", "identifier": odd}))
+            assert await p.next() == {"identifier": odd, "type": "confirm_subscription"}
+
+
+async def test_bad_frames_never_close_the_connection(server):
+    client = server.client_key("sms")
+    key = await server.register("dev-1")
+    async with phone(server, key) as p:
+        for garbage in ["not json", "[]", "{}", '{"command":"dance"}', '{"command":"message"}',
+                        json.dumps({"command": "message", "identifier": "{}", "data": "{}"}),
+                        json.dumps({"command": "message", "identifier": p.identifier, "data": "not json"}),
+                        json.dumps({"command": "message", "identifier": p.identifier, "data": '{"no":"action"}'}),
+                        json.dumps({"command": "message", "identifier": p.identifier, "data": '{"action":"fly"}'}),
+                        json.dumps({"command": "message", "identifier": p.identifier,
+                                    "data": '{"action":"heartbeat","battery_level":"full"}'}),
+                        json.dumps({"command": "message", "identifier": p.identifier,
+                                    "data": '{"action":"delivery_report","message_id":"msg_nope","status":"sent"}'}),
+                        json.dumps({"command": "message", "identifier": p.identifier,
+                                    "data": '{"action":"message_received","sender":"+14155552671"}'}),
+                        "\x00" * 10]:
+            await p.ws.send_message(garbage)
+        await p.ws.send_message(b"\xff\xfe binary")
+        sent = await server.send(client)
+        assert (await p.next_sms())["message_id"] == sent["message_id"]  # still alive and served
+
+
+async def test_actions_over_the_cable_have_the_rest_effects(server):
+    client = server.client_key("sms")
+    key = await server.register("dev-1")
+    async with phone(server, key) as p:
+        await p.perform("heartbeat", battery_level=55, signal_strength=2, messages_in_queue=1)
+        await p.perform("message_received", sender="+14155552671", message="Hello",
+                        timestamp="2025-10-19T10:30:00Z")
+        await p.perform("message_received", sender="+14155552671", message="Hello",
+                        timestamp="2025-10-19T10:30:00Z")  # a resend after reconnect
+        sent = await server.send(client)
+        sms = await p.next_sms()
+        await p.report(sms["message_id"], "failed", error_message="no signal")
+        await wait_for(lambda: server.sql("SELECT 1 FROM gateways WHERE battery_level = 55"))
+        await wait_for(lambda: server.sql("SELECT 1 FROM messages WHERE direction = 'inbound'"))
+    inbound = server.sql("SELECT phone_number, body, received_at FROM messages WHERE direction = 'inbound'")
+    assert len(inbound) == 1 and inbound[0]["body"] == "Hello"
+    assert sent["message_id"] == sms["message_id"]
+
+
+async def test_newer_socket_replaces_the_older_and_nothing_is_lost(server):
+    client = server.client_key("sms")
+    key = await server.register("dev-1")
+    async with phone(server, key) as old:
+        first = await server.send(client)
+        assert (await old.next_sms())["message_id"] == first["message_id"]
+        async with phone(server, key) as new:
+            frame = await old.next()
+            assert frame == {"type": "disconnect", "reason": "replaced", "reconnect": False}
+            # the message the old socket held and never reported is sent again on the new one
+            again = await new.next_sms()
+            assert again["message_id"] == first["message_id"]
+            await new.report(again["message_id"], "delivered")
+            await wait_for(lambda: server.sql("SELECT 1 FROM messages WHERE status = 'delivered'"))
+
+
+async def test_real_actioncable_client_connects_receives_and_reports(server):
+    if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "@rails", "actioncable")):
+        pytest.fail("run `npm ci` in tests/node (make test does it)")
+    client = server.client_key("sms")
+    key = await server.register("dev-js")
+    sent = await server.send(client, message="from rails client")
+    env = {**os.environ, "CABLE_URL": f"{server.ws_url}?api_key={key}", "API_KEY": key,
+           "EXPECT_MESSAGES": "1", "TIMEOUT_MS": "15000"}
+    result = await trio.run_process(["node", "cable_client.mjs"], cwd=NODE_DIR, env=env,
+                                    capture_stdout=True, capture_stderr=True, check=False)
+    events = [json.loads(line) for line in result.stdout.decode().splitlines() if line.strip()]
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    received = [e for e in events if e["event"] == "received"]
+    assert received[0]["message"]["action"] == "send_sms"
+    assert received[0]["message"]["message_id"] == sent["message_id"]
+    assert received[0]["message"]["message"] == "from rails client"
+    await wait_for(lambda: server.sql("SELECT 1 FROM messages WHERE message_id = %s AND status = 'delivered'",
+                                      (sent["message_id"],)))
+
+
+async def test_real_actioncable_client_stops_on_unauthorized(server):
+    env = {**os.environ, "CABLE_URL": f"{server.ws_url}?api_key=gw_live_bogus", "API_KEY": "gw_live_bogus",
+           "TIMEOUT_MS": "8000"}
+    result = await trio.run_process(["node", "cable_client.mjs"], cwd=NODE_DIR, env=env,
+                                    capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 4, result.stdout  # disconnected for good, no retry loop
