@@ -14,12 +14,17 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(VENV)/bin/smsgw serve
 
-test: install tests/node/node_modules
+test: install tests/node/node_modules tests/browser/node_modules
 	$(PY) -m pytest -q
 
 # The real @rails/actioncable client, for the protocol test (git-ignored folder).
 tests/node/node_modules: tests/node/package-lock.json
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# playwright-core, driving Debian's /usr/bin/chromium for the dashboard test (git-ignored).
+tests/browser/node_modules: tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 bench: install

@@ -128,10 +128,12 @@ def build_node(settings: Settings, store) -> Node:
     node.clock = WallClock()
     otp = OtpActor.create(store=store, settings=settings, clock=node.clock, wake_dispatcher=dispatcher.wake)
     node.otp = otp
+    otp.metrics = node.metrics
     node.extra_actors.append(("otp", otp))
     webhooks = WebhookActor(store=store, concurrency=settings.webhook_concurrency,
                             timeout=settings.webhook_timeout_seconds, now=node.clock.now)
     node.webhooks = webhooks
+    webhooks.metrics = node.metrics
     node.extra_actors.append(("webhooks", webhooks))
     node.scheduler = Scheduler(node=node, now=node.clock.now, metrics=node.metrics)
     node.extra_actors.append(("scheduler", node.scheduler))

@@ -29,6 +29,7 @@ import logging
 import random
 from typing import Awaitable, Callable, TypeVar
 
+import anyio
 import attrs
 import coredis
 import trio
@@ -52,14 +53,14 @@ T = TypeVar("T")
 PRESENCE_TTL = 15.0
 REFRESH_INTERVAL = 5.0
 SNAPSHOT_INTERVAL = 3.0
-SNAPSHOT_SPACING = 0.2     # on-change snapshot writes, at most this often
+SNAPSHOT_SPACING = 0.2     # a change is written this long after it (and what followed it)
 WAKE_COALESCE = 0.005
 COMMAND_DEADLINE = 1.0     # one Redis round trip; past it the link counts as down
 CONNECT_TIMEOUT = 1.0
 SWEEP_DEADLINE = 10.0
 UNREACHABLE = (RedisError, OSError, TimeoutError, trio.TooSlowError)
 
-# One GCRA step, `Gcra.decide` of actors/rates.py line for line, on Redis' clock. ARGV[3], a
+# One GCRA step, `Gcra.decide` of actors/rates.py step for step, on Redis' clock. ARGV[3], a
 # `now` in seconds, is for the tests that compare it with `Gcra.decide`; nodes never send it.
 GCRA_LUA = """
 local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -67,17 +68,18 @@ local now
 if ARGV[3] then now = tonumber(ARGV[3]) else
   local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
 local interval = period / limit
+-- On `ahead` (TAT - now), never on two epoch times: a double holds those to 0.2 us only.
+local ahead = 0
 local stored = redis.call('GET', KEYS[1])
-local tat = now
-if stored then tat = math.max(tonumber(stored), now) end
-local new_tat = tat + interval
-local allow_at = new_tat - period
-if now + 1e-9 < allow_at then
-  return {0, 0, string.format('%.17g', tat - now), string.format('%.17g', allow_at - now)}
+if stored then ahead = math.max(0, tonumber(stored) - now) end
+local wait = ahead + interval - period  -- allow_at - now
+if wait > 1e-9 then
+  return {0, 0, string.format('%.17g', ahead), string.format('%.17g', wait)}
 end
-local remaining = math.min(limit - 1, math.max(0, math.floor((now - allow_at) / interval + 1e-9)))
-redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
-return {1, remaining, string.format('%.17g', new_tat - now), '0'}
+local remaining = math.min(limit - 1, math.max(0, math.floor((period - interval - ahead) / interval + 1e-9)))
+redis.call('SET', KEYS[1], string.format('%.17g', now + ahead + interval), 'PX',
+           math.ceil((ahead + interval) * 1000) + 1000)
+return {1, remaining, string.format('%.17g', ahead + interval), '0'}
 """
 ATTACH_LUA = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -245,11 +247,11 @@ class RedisBackplane:
 
     # --- the link ----------------------------------------------------------------------------
 
-    async def _redis(self, command: Callable[[coredis.Redis], Awaitable[T]],
-                     deadline: float = COMMAND_DEADLINE) -> T:
+    async def _redis(self, command: Callable[[coredis.Redis], Awaitable[T]], *,
+                     deadline: float = COMMAND_DEADLINE, coming_up: bool = False) -> T:
         """Run one command under a deadline; `RedisUnavailable` while the link is down."""
         client = self._client
-        if client is None or self._up_since is None:
+        if client is None or (self._up_since is None and not coming_up):
             raise RedisUnavailable()
         try:
             with trio.fail_after(deadline):
@@ -287,7 +289,9 @@ class RedisBackplane:
                         await self._came_up()
                         attempt = 0
                         async for message in pubsub:
-                            self._received(message["channel"], message["data"])
+                            await self._received(message["channel"], message["data"])
+            except* anyio.ClosedResourceError:
+                pass  # coredis unsubscribing on a connection already gone (cancelled, or lost: below)
             except* (*UNREACHABLE, RedisUnavailable) as group:
                 self._lost(group.exceptions[0])
             finally:
@@ -296,18 +300,18 @@ class RedisBackplane:
             await trio.sleep(exponential_delay(attempt, base=0.2, cap=5.0, rand=random.random))
 
     async def _came_up(self) -> None:
+        await self._refresh_presence(coming_up=True)  # a restarted Redis came back empty
         if self._outage_logged:
             log.warning("redis reachable again after %.0f s", trio.current_time() - self._outage_began)
         else:
             log.info("backplane on redis (prefix %s, node %s)", self.prefix, self.node_id)
         self._outage_logged = False
         self._up_since = trio.current_time()
-        await self._refresh_presence()  # a restarted Redis came back empty
         self._snapshot_due.set()
         self.wake_local()               # whatever the others queued while we could not hear them
         self.publish_wake()
 
-    def _received(self, channel: str, data: str) -> None:
+    async def _received(self, channel: str, data: str) -> None:
         if channel == self.key("wake"):
             if data != self.node_id:
                 self.wake_local()
@@ -316,15 +320,19 @@ class RedisBackplane:
             message = json.loads(data)
             if message["n"] == self.node_id:
                 return
-            self._apply(channel, message)
+            await self._apply(channel, message)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignored a malformed message on %s: %s", channel, exc)
 
-    def _apply(self, channel: str, message: dict) -> None:
+    async def _apply(self, channel: str, message: dict) -> None:
         if channel == self.key("replace"):
             actor = self.registry.get(message["g"])
             if actor is not None and actor.lease != message["l"]:
-                actor.close("replaced")
+                # The key says who attached last: an announcement older than our own socket
+                # (delivered late) must not close it.
+                holder = await self.holder(message["g"])
+                if holder is not None and holder.lease != actor.lease:
+                    actor.close("replaced")
         elif message.get("kind") == "settings":
             if self.registry.get(message["id"]) is not None:
                 self.registry.settings_changed(message)
@@ -351,13 +359,14 @@ class RedisBackplane:
             except RedisUnavailable:
                 pass
 
-    async def _refresh_presence(self) -> None:
+    async def _refresh_presence(self, *, coming_up: bool = False) -> None:
         held = sorted(self.registry.live_leases().items())
         for start in range(0, len(held), 1000):
             chunk = held[start:start + 1000]
             taken = await self._redis(lambda c: _REFRESH(
                 client=c, keys=[self.key("presence", g) for g, _ in chunk],
-                args=[int(self.presence_ttl * 1000), *(f"{lease} {self.node_id}" for _, lease in chunk)]))
+                args=[int(self.presence_ttl * 1000), *(f"{lease} {self.node_id}" for _, lease in chunk)]),
+                coming_up=coming_up)
             for position in taken:
                 gateway_id, lease = chunk[int(position) - 1]
                 actor = self.registry.get(gateway_id)
@@ -369,6 +378,7 @@ class RedisBackplane:
         while True:
             with trio.move_on_after(self.snapshot_interval):
                 await self._snapshot_due.wait()
+                await trio.sleep(SNAPSHOT_SPACING)  # a phone that just came is subscribed by then
             self._snapshot_due = trio.Event()
             fields = [part for gateway_id, snapshot in self.registry.snapshots().items()
                       for part in (str(gateway_id), encode_snapshot(snapshot))]
@@ -378,7 +388,6 @@ class RedisBackplane:
                     args=[ttl_ms, self.node_id, *fields]))
             except RedisUnavailable:
                 pass
-            await trio.sleep(SNAPSHOT_SPACING)
 
     async def _sweeper(self) -> None:
         if self.store is None:

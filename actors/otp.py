@@ -77,6 +77,7 @@ class OtpActor:
     per_phone_per_hour: int = SENDS_PER_PHONE_PER_HOUR
     per_key_per_hour: int = 100            # 0: no per-key limit
     concurrency: int = 4
+    metrics: object = None                 # actors.metrics.NodeMetrics, when the node has one
 
     @classmethod
     def create(cls, *, store: Store, settings, clock: WallClock, wake_dispatcher: Callable[[], None]) -> "OtpActor":
@@ -120,6 +121,11 @@ class OtpActor:
             raise OtpBusy("the OTP service did not answer in time") from None
         if isinstance(outcome, BaseException):
             raise outcome
+        if self.metrics is not None:
+            if isinstance(outcome, Issued):
+                self.metrics.otp_sent()
+            elif isinstance(outcome, Checked):
+                self.metrics.otp_verified("verified" if outcome.verified else "invalid")
         return outcome
 
     # The actor's side.

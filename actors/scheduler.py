@@ -10,8 +10,8 @@
 
 Jobs run on wall-clock slots (minute and quarter-hour boundaries, local midnight), recorded in
 `scheduler_runs`: a node that was down catches up a missed slot once when it starts, and with
-several nodes on one database each slot runs on one of them (store/scheduler.py). Between
-slots the actor sleeps until the next known deadline; nothing polls.
+several nodes on one database each slot runs on one of them (store/scheduler.py). In between,
+the actor sleeps until the nearer of two known deadlines: the next tick or the next job slot.
 
 The pure core (`due_jobs`, `next_due`, `is_due`) is at the bottom and table-tested.
 """

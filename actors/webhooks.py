@@ -92,6 +92,7 @@ class WebhookActor:
     now: Callable[[], datetime] = _utc_now   # the wall clock of next_attempt_at and delivered_at
     rand: Callable[[], float] = random.random
     listen: bool = True                      # LISTEN for commits of other transactions and nodes
+    metrics: object = None                   # actors.metrics.NodeMetrics, when the node has one
     _wakeup: trio.Event = attrs.Factory(trio.Event)
     _slot_freed: trio.Event = attrs.Factory(trio.Event)
     _busy: int = 0
@@ -173,13 +174,19 @@ class WebhookActor:
         with trio.CancelScope(shield=True):
             if status is not None and 200 <= status < 300:
                 await self.store.run(webhooks_store.record_delivered, row["id"], status, done)
+                self._count("delivered")
                 return
             if error is None:
                 error = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
             attempts = row["attempts"] + 1
-            await self.store.run(webhooks_store.record_failed, row["id"], status, error,
-                                 retry_at(attempts, done, self.rand))
+            next_try = retry_at(attempts, done, self.rand)
+            await self.store.run(webhooks_store.record_failed, row["id"], status, error, next_try)
+            self._count("failed" if next_try is not None else "dead")
         log.info("webhook delivery %s to %s failed (attempt %d): %s", row["id"], row["url"], attempts, error)
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.webhook_delivery(outcome)
 
     async def _listen(self) -> None:
         """Wake on every `NOTIFY smsgw_webhooks`; reconnect after a broken connection."""

@@ -102,12 +102,12 @@ async def run_bench(opts: argparse.Namespace) -> dict:
         client_key = await trio.to_thread.run_sync(create_client_key, env)
         async with running_server(env, work / "server-a.log") as server:
             async with running_fleet(server.url, opts.gateways, work, prefix="bench") as fleet:
-                results["throughput"] = await scenario_throughput(server, dsn, client_key, opts)
+                results["throughput"] = await scenario_throughput(server, fleet, dsn, client_key, opts)
                 rate = min(1_000.0, 0.5 * (results["throughput"]["delivered_per_s"] or 0)) or 100.0
                 count = max(500, min(opts.messages // 4, int(rate * 15)))
-                results["paced"] = await scenario_throughput(server, dsn, client_key, opts, count=count, rate=rate)
+                results["paced"] = await scenario_throughput(server, fleet, dsn, client_key, opts, count=count, rate=rate)
                 if opts.profile:
-                    results["profile"] = await scenario_profile(server, dsn, client_key, opts, work)
+                    results["profile"] = await scenario_profile(server, fleet, dsn, client_key, opts, work)
             stats = fleet.stats()
             for name in ("throughput", "paced"):
                 results[name].update(match_latencies(results[name].pop("accepted_at"), stats))
@@ -125,13 +125,14 @@ async def run_bench(opts: argparse.Namespace) -> dict:
 
 # --- Scenarios ------------------------------------------------------------------------------
 
-async def scenario_throughput(server: "Server", dsn: str, key: str, opts, *, count: int | None = None,
-                              rate: float | None = None) -> dict:
+async def scenario_throughput(server: "Server", fleet: "Fleet", dsn: str, key: str, opts, *,
+                              count: int | None = None, rate: float | None = None) -> dict:
     """Send `count` messages (as fast as the senders go, or paced at `rate`/s), wait until all
     are delivered (or failed) in the database; accepted/s, delivered/s, RSS."""
     count = count or opts.messages
     floor = await trio.to_thread.run_sync(_max_message_row, dsn)
     peak = _Peak(server.rss())
+    cpu = _CpuWatch.start({"server": server.pid, "phones": fleet.process.pid, "senders": os.getpid()})
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_sample_rss, server, peak)
         wall_start = time.time()
@@ -139,6 +140,7 @@ async def scenario_throughput(server: "Server", dsn: str, key: str, opts, *, cou
         done = await wait_delivered(dsn, floor, len(sent.accepted), deadline=max(60.0, count / 50))
         nursery.cancel_scope.cancel()
     span = (done["last_delivered_epoch"] or time.time()) - wall_start
+    cpu_pct, machine_busy = cpu.stop()
     return {
         "messages": count, "paced_rate": rate, "accepted": len(sent.accepted), "errors": dict(sent.errors),
         "accepted_per_s": round(len(sent.accepted) / sent.elapsed, 1) if sent.elapsed else None,
@@ -146,10 +148,11 @@ async def scenario_throughput(server: "Server", dsn: str, key: str, opts, *, cou
         "delivered_per_s": round(done["delivered"] / span, 1) if span > 0 else None,
         "rss_before_mb": round(peak.first / 2**20, 1), "rss_peak_mb": round(peak.value / 2**20, 1),
         "rss_after_mb": round(server.rss() / 2**20, 1), "accepted_at": sent.accepted,
+        "cpu_pct": cpu_pct, "machine_busy_pct": machine_busy,
     }
 
 
-async def scenario_profile(server: "Server", dsn: str, key: str, opts, work: Path) -> dict:
+async def scenario_profile(server: "Server", fleet: "Fleet", dsn: str, key: str, opts, work: Path) -> dict:
     """A saturated run of a quarter of the messages with py-spy attached; top functions."""
     if not PY_SPY.exists():
         return {"skipped": "py-spy is not installed in .venv (.venv/bin/pip install py-spy)"}
@@ -160,12 +163,18 @@ async def scenario_profile(server: "Server", dsn: str, key: str, opts, work: Pat
                                "--nolineno", "--threads", "--gil", "--nonblocking", "--output", str(raw)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False))
         await trio.sleep(1)
-        figures = await scenario_throughput(server, dsn, key, opts, count=max(1_000, opts.messages // 4))
+        backends: collections.Counter = collections.Counter()
+        async with trio.open_nursery() as sampling:
+            sampling.start_soon(_sample_db_backends, dsn, backends)
+            figures = await scenario_throughput(server, fleet, dsn, key, opts, count=max(1_000, opts.messages // 4))
+            sampling.cancel_scope.cancel()
         spy.send_signal(signal.SIGINT)
         with trio.fail_after(30):
             await spy.wait()
     figures.pop("accepted_at")
-    return {"figures": figures, **profile_summary(raw.read_text() if raw.exists() else "")}
+    total = sum(backends.values()) or 1
+    return {"figures": figures, **profile_summary(raw.read_text() if raw.exists() else ""),
+            "db_backends": [(what, round(100 * n / total, 1)) for what, n in backends.most_common(8)]}
 
 
 async def scenario_ceiling(opts) -> dict:
@@ -210,37 +219,83 @@ async def send_messages(url: str, key: str, count: int, *, concurrency: int, rat
     """POST /api/v1/sms/send `count` times from `concurrency` workers, paced at `rate`/s if given."""
     sent = Sent()
     send, receive = trio.open_memory_channel(concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
 
-    async def worker(http: httpx.AsyncClient, tickets: trio.MemoryReceiveChannel) -> None:
+    async def worker(tickets: trio.MemoryReceiveChannel) -> None:
+        http = _JsonPoster(host, int(port), key)
         async with tickets:
             async for i in tickets:
-                body = {"to": f"+1415555{i % 10_000:04d}", "message": f"bench message {i}"}
+                body = json.dumps({"to": f"+1415555{i % 10_000:04d}", "message": f"bench message {i}"})
                 try:
-                    r = await http.post("/api/v1/sms/send", json=body)
-                except httpx.TransportError as exc:
+                    status, answer = await http.post("/api/v1/sms/send", body.encode())
+                except (OSError, trio.BrokenResourceError, ValueError) as exc:
                     sent.errors[type(exc).__name__] += 1
+                    await http.close()
                     continue
-                if r.status_code == 202:
-                    sent.accepted[r.json()["message_id"]] = time.monotonic()
+                if status == 202:
+                    sent.accepted[json.loads(answer)["message_id"]] = time.monotonic()
                 else:
-                    sent.errors[str(r.status_code)] += 1
+                    sent.errors[str(status)] += 1
+        await http.close()
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30,
-                                 headers={"Authorization": f"Bearer {key}"}) as http:
-        started = time.monotonic()
-        with trio.fail_after(max(120.0, count / 20)):
-            async with trio.open_nursery() as nursery:
-                for _ in range(concurrency):
-                    nursery.start_soon(worker, http, receive.clone())
-                receive.close()
-                async with send:
-                    for i in range(count):
-                        if rate:
-                            await trio.sleep(max(0.0, started + i / rate - time.monotonic()))
-                        await send.send(i)
-        sent.elapsed = (max(sent.accepted.values()) if sent.accepted else time.monotonic()) - started
+    started = time.monotonic()
+    with trio.fail_after(max(120.0, count / 20)):
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker, receive.clone())
+            receive.close()
+            async with send:
+                for i in range(count):
+                    if rate:
+                        await trio.sleep(max(0.0, started + i / rate - time.monotonic()))
+                    await send.send(i)
+    sent.elapsed = (max(sent.accepted.values()) if sent.accepted else time.monotonic()) - started
     return sent
+
+
+@attrs.define
+class _JsonPoster:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON. The load generator shares 2 cores
+    with the server: httpx costs ~3 ms of CPU per request here (its pool alone is O(connections)
+    per request), this about a tenth of that."""
+
+    host: str
+    port: int
+    key: str
+    stream: trio.SocketStream | None = None
+    buffer: bytes = b""
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """Send one request, return (status, body); reconnects when the server closed."""
+        if self.stream is None:
+            self.stream = await trio.open_tcp_stream(self.host, self.port)
+            self.buffer = b""
+        await self.stream.send_all(
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        while b"\r\n\r\n" not in self.buffer:
+            await self._read()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").lower().split("\r\n")
+        fields = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
+        length = int(fields.get("content-length", "missing"))  # ValueError: the caller counts it
+        while len(self.buffer) < length:
+            await self._read()
+        answer, self.buffer = self.buffer[:length], self.buffer[length:]
+        if "close" in fields.get("connection", ""):
+            await self.close()
+        return int(lines[0].split()[1]), answer
+
+    async def _read(self) -> None:
+        data = await self.stream.receive_some(65_536)
+        if not data:
+            raise trio.BrokenResourceError("server closed the connection")
+        self.buffer += data
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.aclose()
+            self.stream = None
 
 
 async def wait_delivered(dsn: str, floor: int, expected: int, *, deadline: float) -> dict:
@@ -278,6 +333,57 @@ def match_latencies(accepted_at: dict[str, float], fleet: dict) -> dict:
     return {"matched": len(to_socket), "socket_before_202": early,
             "p50_accept_to_socket_ms": ms(to_socket, 50), "p99_accept_to_socket_ms": ms(to_socket, 99),
             "p50_accept_to_delivered_ms": ms(to_delivered, 50), "p99_accept_to_delivered_ms": ms(to_delivered, 99)}
+
+
+@attrs.define
+class _CpuWatch:
+    """CPU time of some processes (% of one core each) and how busy the whole machine was (% of
+    all cores), between `start` and `stop`, from /proc."""
+
+    pids: dict[str, int]
+    wall: float
+    used: dict[str, float]
+    busy: int
+    total: int
+
+    @classmethod
+    def start(cls, pids: dict[str, int]) -> "_CpuWatch":
+        return cls(pids, time.monotonic(), {k: _process_cpu(p) for k, p in pids.items()}, *_machine_jiffies())
+
+    def stop(self) -> tuple[dict[str, float], float]:
+        busy, total = _machine_jiffies()
+        wall = time.monotonic() - self.wall
+        return ({k: round(100 * (_process_cpu(p) - self.used[k]) / wall, 1) for k, p in self.pids.items()},
+                round(100 * (busy - self.busy) / max(1, total - self.total), 1))
+
+
+def _process_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+async def _sample_db_backends(dsn: str, seen: collections.Counter) -> None:
+    """What the server's PostgreSQL backends are doing, sampled every 100 ms until cancelled."""
+    name = dsn.rsplit("/", 1)[1]
+    query = ("SELECT state || ' / ' || coalesce(wait_event_type || ':' || wait_event, 'on CPU'), count(*)"
+             " FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'"
+             " AND pid <> pg_backend_pid() AND state IS NOT NULL GROUP BY 1")
+    conn = await trio.to_thread.run_sync(functools.partial(psycopg.connect, ADMIN_URL, autocommit=True))
+    try:
+        while True:
+            rows = await trio.to_thread.run_sync(lambda: conn.execute(query, (name,)).fetchall())
+            seen.update({what: n for what, n in rows})
+            await trio.sleep(0.1)
+    finally:
+        conn.close()
 
 
 @attrs.define
@@ -546,7 +652,9 @@ def results_section(r: dict, opts) -> str:
             f"p99 {_num(run['p99_accept_to_socket_ms'])} ms ({run['socket_before_202']} frames arrived before "
             f"their 202, counted as 0); 202 → `delivered` reported p50 {_num(run['p50_accept_to_delivered_ms'])} ms, "
             f"p99 {_num(run['p99_accept_to_delivered_ms'])} ms. Server RSS {run['rss_before_mb']} → peak "
-            f"{run['rss_peak_mb']} MB, {run['rss_after_mb']} MB after.")
+            f"{run['rss_peak_mb']} MB, {run['rss_after_mb']} MB after. CPU, % of one core: "
+            + ", ".join(f"{k} {v}" for k, v in run["cpu_pct"].items())
+            + f"; the machine was {run['machine_busy_pct']} % busy (all processes, all cores).")
     lines.append(f"- (b) ceiling: bare trio-websocket relay, {ceiling['sockets']} sockets, client and server in two "
                  f"processes: {_num(ceiling['round_trips_per_s'])} round-trips/s over {ceiling['seconds']} s.")
     if idle:
@@ -565,7 +673,9 @@ def results_section(r: dict, opts) -> str:
                   "| own time | % | including callees | % |", "|---|---|---|---|"]
         for (own, own_pct), (inc, inc_pct) in zip(prof["own"], prof["inclusive"]):
             lines.append(f"| `{own}` | {own_pct} | `{inc}` | {inc_pct} |")
-        lines += ["", "Own time by package: " + ", ".join(f"{k} {v} %" for k, v in prof["packages"]) + "."]
+        lines += ["", "Own time by package: " + ", ".join(f"{k} {v} %" for k, v in prof["packages"]) + ".", "",
+                  "The server's PostgreSQL connections, sampled every 100 ms (state / wait event): "
+                  + ", ".join(f"{k} {v} %" for k, v in prof["db_backends"]) + "."]
     elif prof:
         lines.append(f"- Profile skipped: {prof['skipped']}")
     return "\n".join(lines) + "\n"

@@ -488,38 +488,33 @@ def perform(identifier: str, action: str, **data: object) -> str:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """`smsgw simulate`: run the fleet until Ctrl-C (exit 0); 1 when the server cannot be used."""
+    """`smsgw simulate`: run the fleet until Ctrl-C (exit 0, with a summary); 1 when registration
+    fails or every phone is told not to reconnect; 2 for bad options."""
     if args.gateways < 1 or args.delivery_ms < 0 or not 0 <= args.fail_rate <= 1 or args.inbound_every < 0:
         print("smsgw simulate: --gateways >= 1, --delivery-ms >= 0, --fail-rate in 0..1, "
               "--inbound-every >= 0", file=sys.stderr)
         return 2
     log.setLevel(logging.INFO)  # the received-SMS lines are the point (OTP codes are read here)
     keys_path = Path(getattr(args, "keys", None) or DEFAULT_KEYS_PATH)
+    stats = FleetStats()
     fleet = functools.partial(run_fleet, args.url.rstrip("/"), args.gateways, delivery_ms=args.delivery_ms,
                               fail_rate=args.fail_rate, inbound_every=args.inbound_every, prefix=args.prefix,
-                              keys_path=keys_path)
+                              keys_path=keys_path, stats=stats)
     try:
         trio.run(fleet)
-    except KeyboardInterrupt:
-        return 0
-    except BaseExceptionGroup as group:
-        if group.subgroup(KeyboardInterrupt) is not None:
-            return 0
-        failure = group.subgroup((RegistrationFailed, httpx.HTTPError))
-        if failure is None:
+        print("smsgw simulate: every phone was told not to reconnect (see the log)", file=sys.stderr)
+        return 1
+    except BaseException as exc:  # noqa: BLE001 - Ctrl-C and the failures a user can act on
+        leaves = list(_leaves(exc))
+        failure = next((e for e in leaves if isinstance(e, (RegistrationFailed, httpx.HTTPError))), None)
+        if failure is not None:
+            print(f"smsgw simulate: {failure}", file=sys.stderr)
+            return 1
+        if not any(isinstance(e, KeyboardInterrupt) for e in leaves):
             raise
-        print(f"smsgw simulate: {_first(failure)}", file=sys.stderr)
-        return 1
-    except (RegistrationFailed, httpx.HTTPError) as exc:
-        print(f"smsgw simulate: {exc}", file=sys.stderr)
-        return 1
+    summary = stats.summary()
+    print("smsgw simulate: " + ", ".join(f"{k} {v}" for k, v in summary.items() if v is not None), file=sys.stderr)
     return 0
-
-
-def _first(group: BaseException) -> BaseException:
-    while isinstance(group, BaseExceptionGroup):
-        group = group.exceptions[0]
-    return group
 
 
 async def _worker(opts: argparse.Namespace) -> None:

@@ -90,8 +90,6 @@ class _CableSession:
         registry.attach(actor)
         log.info("gateway %s connected", actor.device_id, extra={"device_id": actor.device_id})
         try:
-            # Presence for the other nodes; one holding an older socket of this phone closes it.
-            await self.node.backplane.gateway_attached(actor.gateway_id, actor.lease)
             await actor.send_frame(cable.welcome())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_loop, nursery.cancel_scope)
@@ -158,6 +156,8 @@ class _CableSession:
         if self.actor.identifier is not None and self.actor.identifier != identifier:
             await self.actor.send_frame(self.protocol.reject(identifier))  # one GatewayChannel per socket
             return
+        # Presence for the other nodes; one holding an older socket of this phone closes it.
+        await self.node.backplane.gateway_attached(self.actor.gateway_id, self.actor.lease)
         await self.node.store.run(_went_online, self.gateway, self.actor.lease)
         self.actor.identifier = identifier
         await self.actor.send_frame(self.protocol.confirm(identifier))

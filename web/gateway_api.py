@@ -72,8 +72,11 @@ async def sms_received():
     _, gateway = await require_gateway()
     body = await parse_body(InboundRequest)
     received_at = body.timestamp or datetime.now(timezone.utc)
-    message_id, _ = await _node().store.run(messages_store.store_inbound, gateway, body.sender,
-                                            body.message, received_at)
+    node = _node()
+    message_id, new = await node.store.run(messages_store.store_inbound, gateway, body.sender,
+                                           body.message, received_at)
+    if node.metrics is not None:
+        node.metrics.received(new)
     return {"success": True, "message_id": message_id}
 
 

@@ -93,6 +93,10 @@ async def _accept(item: SendItem) -> tuple[dict, int]:
     except trio.TooSlowError:
         raise ApiError(503, "Service busy: the message was not accepted", headers={"Retry-After": "2"}) from None
     node.dispatcher.wake()
+    if status == 202 and node.metrics is not None:
+        for result in answer.get("results", [answer]):
+            if "message_id" in result:
+                node.metrics.accepted(result["status"])
     return answer, status
 
 

@@ -1,13 +1,15 @@
 """The simulated phones against a real node: deliveries, spread, failover, and the pure parts."""
 
+import argparse
 import functools
 import hashlib
 import json
+import socket
 
 import pytest
 import trio
 
-from bench.simulator import FleetStats, classify, identifier_for, latencies, percentile, run_fleet
+from bench.simulator import FleetStats, classify, identifier_for, latencies, percentile, run_cli, run_fleet
 from tests.conftest import wait_for
 
 
@@ -112,6 +114,58 @@ async def test_phone_obeys_disconnect_without_reconnect(server, tmp_path):
         await wait_for(lambda: stats.stopped == 1, timeout=5)
         assert stats.online == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_failed_delivery_is_reported_with_the_simulated_error(server, tmp_path):
+    key = server.client_key("sms")
+    stats = FleetStats()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(_fleet, server.url, 1, delivery_ms=0, fail_rate=1.0, prefix="t-fail",
+                                              keys_path=tmp_path / "keys.json", stats=stats))
+        sent = await server.send(key)
+        rows = await wait_for(lambda: server.sql(
+            "SELECT status, error_message FROM messages WHERE message_id = %s AND error_message IS NOT NULL",
+            (sent["message_id"],)), timeout=5)
+        nursery.cancel_scope.cancel()
+    assert rows[0]["error_message"] == "simulated failure"
+    assert rows[0]["status"] == "queued"  # the server retries it later, elsewhere if it can
+    assert sent["message_id"] in stats.failed and sent["message_id"] not in stats.delivered
+
+
+async def test_phones_report_inbound_sms_and_heartbeats(server, tmp_path):
+    stats = FleetStats()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(_fleet, server.url, 2, inbound_every=0.2, heartbeat_every=0.2,
+                                              prefix="t-inbound", keys_path=tmp_path / "keys.json", stats=stats))
+        inbound = await wait_for(lambda: server.sql(
+            "SELECT phone_number, body FROM messages WHERE direction = 'inbound'"), timeout=5)
+        await wait_for(lambda: server.sql(
+            "SELECT 1 FROM gateways WHERE device_id = 't-inbound-0000' AND battery_level IS NOT NULL"), timeout=5)
+        nursery.cancel_scope.cancel()
+    assert inbound[0]["phone_number"].startswith("+1415555")
+    assert inbound[0]["body"].startswith("Hello from ")
+    assert stats.inbound >= 1 and stats.heartbeats >= 1
+
+
+def _cli_args(**overrides) -> argparse.Namespace:
+    args = dict(gateways=1, url="http://127.0.0.1:3000", delivery_ms=200, fail_rate=0.0, inbound_every=0.0,
+                prefix="t-cli")
+    args.update(overrides)
+    return argparse.Namespace(**args)
+
+
+@pytest.mark.parametrize("bad", [{"gateways": 0}, {"delivery_ms": -1}, {"fail_rate": 1.5}, {"inbound_every": -2}])
+def test_simulate_refuses_bad_options_with_exit_code_2(bad, capsys):
+    assert run_cli(_cli_args(**bad)) == 2
+    assert "--gateways >= 1" in capsys.readouterr().err
+
+
+def test_simulate_exits_1_when_the_server_cannot_be_reached(tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
+    assert run_cli(_cli_args(url=f"http://127.0.0.1:{port}", keys=str(tmp_path / "keys.json"))) == 1
+    assert capsys.readouterr().err.startswith("smsgw simulate: ")
 
 
 @pytest.mark.parametrize("text, kind, extra", [

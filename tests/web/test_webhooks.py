@@ -25,6 +25,7 @@ from tests.conftest import clean, phone, running_node, wait_for
 
 SECRET = "whsec-0123456789abcdef"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 # A receiver that records what it is sent and answers as told.
@@ -313,10 +314,11 @@ async def test_inbound_sms_is_posted_signed_with_the_seed_fields(server):
     assert seen["event_id"] == body["event_id"] and seen["next_attempt_at"] is None and seen["delivered_at"]
 
 
-async def test_docs_snippet_verifies_a_received_call(server):
-    code = re.search(r"```python\n(.*?)```", DOCS.read_text(), re.S).group(1)
+@pytest.mark.parametrize("document", [README, DOCS], ids=["README", "docs"])
+async def test_docs_snippet_verifies_a_received_call(server, document):
+    code = re.search(r"```python\n(.*?)```", document.read_text(), re.S).group(1)
     namespace: dict = {}
-    exec(compile(code, str(DOCS), "exec"), namespace)
+    exec(compile(code, str(document), "exec"), namespace)
     verify = namespace["verify_webhook"]
     key = server.client_key("sms")
     async with receiving() as receiver:
