@@ -71,7 +71,16 @@ async def supervise(name: str, run: Callable[..., Awaitable[None]], *, max_resta
                 first = False
             await run()
             log.warning("actor %s returned; restarting", name)
-        except Exception as exc:
+        except BaseException as exc:
+            if isinstance(exc, BaseExceptionGroup):
+                cancelled, failures = exc.split(trio.Cancelled)
+                if cancelled is not None:
+                    # Stopping while one of the actor's tasks also failed: the stop wins.
+                    if failures is not None:
+                        log.warning("actor %s failed while stopping: %r", name, failures)
+                    raise cancelled from None
+            if not isinstance(exc, Exception):
+                raise  # Cancelled, KeyboardInterrupt: not a crash to restart from
             outage = _only_store_unavailable(exc)
             if outage:
                 log.warning("actor %s: database unavailable (%s); retrying", name, exc)
