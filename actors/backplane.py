@@ -31,7 +31,8 @@ from actors.gateway import GatewayRegistry
 from actors.rates import Gcra, RateDecision
 
 __all__ = ["Backplane", "LocalBackplane", "Presence", "create_backplane", "new_node_id",
-           "encode_snapshot", "decode_snapshot", "merge_fleet"]
+           "encode_snapshot", "decode_snapshot", "merge_fleet", "GCRA_LUA", "ATTACH_LUA", "LEAVE_LUA",
+           "REFRESH_LUA", "SNAPSHOT_WRITE_LUA", "SNAPSHOT_READ_LUA"]
 
 
 @attrs.frozen
@@ -58,7 +59,8 @@ class Backplane(Protocol):
         """Admit one request for `key` under `gcra`'s limit, counted across every node."""
 
     async def gateway_attached(self, gateway_id: int, lease: str) -> None:
-        """A socket of this gateway opened here: record presence; an older socket elsewhere closes."""
+        """This gateway subscribed on a socket here: record presence; an older socket on
+        another node closes (`replaced`). Redis down: skipped."""
 
     async def gateway_left(self, gateway_id: int, lease: str) -> bool:
         """This connection ended: forget its presence; True when no other connection holds the
@@ -165,3 +167,73 @@ def merge_fleet(local: dict[int, dict], remote: list[dict[int, dict]]) -> dict[i
         if snapshot.get("online") or gateway_id not in merged:
             merged[gateway_id] = snapshot
     return merged
+
+
+# What RedisBackplane keeps in Redis, as Lua run inside Redis: each step is atomic, and time is
+# Redis' own (`TIME`), so the nodes' clocks never matter. Keys and values: actors/backplane_redis.py.
+
+# One GCRA step, `Gcra.decide` of actors/rates.py step for step, on Redis' clock. ARGV[3], a
+# `now` in seconds, is for the tests that compare it with `Gcra.decide`; nodes never send it.
+GCRA_LUA = """
+local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now
+if ARGV[3] then now = tonumber(ARGV[3]) else
+  local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
+local interval = period / limit
+-- On `ahead` (TAT - now), never on two epoch times: a double holds those to 0.2 us only.
+local ahead = 0
+local stored = redis.call('GET', KEYS[1])
+if stored then ahead = math.max(0, tonumber(stored) - now) end
+local wait = ahead + interval - period  -- allow_at - now
+if wait > 1e-9 then
+  return {0, 0, string.format('%.17g', ahead), string.format('%.17g', wait)}
+end
+local remaining = math.min(limit - 1, math.max(0, math.floor((period - interval - ahead) / interval + 1e-9)))
+redis.call('SET', KEYS[1], string.format('%.17g', now + ahead + interval), 'PX',
+           math.ceil((ahead + interval) * 1000) + 1000)
+return {1, remaining, string.format('%.17g', ahead + interval), '0'}
+"""
+ATTACH_LUA = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+# Forget a presence only if it is still this connection's: 1 when the gateway is now gone.
+LEAVE_LUA = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 1 end
+if string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then redis.call('DEL', KEYS[1]); return 1 end
+return 0
+"""
+# Extend each presence that is still ours; return the positions of those another lease took.
+REFRESH_LUA = """
+local taken = {}
+for i, key in ipairs(KEYS) do
+  local mine = ARGV[i + 1]
+  local lease = string.sub(mine, 1, string.find(mine, ' ', 1, true))
+  local v = redis.call('GET', key)
+  if v and string.sub(v, 1, #lease) ~= lease then taken[#taken + 1] = i
+  else redis.call('SET', key, mine, 'PX', ARGV[1]) end
+end
+return taken
+"""
+SNAPSHOT_WRITE_LUA = """
+redis.call('DEL', KEYS[1])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('PEXPIRE', KEYS[2], ARGV[1])  -- a deployment whose nodes all stopped leaves nothing
+return 1
+"""
+SNAPSHOT_READ_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
+  if node ~= ARGV[2] then out[#out + 1] = redis.call('HGETALL', ARGV[1] .. node) end
+end
+return out
+"""

@@ -4,9 +4,10 @@ Keys and channels, all under `REDIS_PREFIX` (`p`):
 - `p:wake` (channel): a message was queued; every other node's dispatcher runs a round. At most
   one publish per `WAKE_COALESCE` burst.
 - `p:presence:<gateway_id>` = "<lease> <node_id>", TTL `presence_ttl`, refreshed every
-  `refresh_interval` while the socket is open. Set on attach, which also publishes on
-  `p:replace`: another node holding an older connection of that phone closes it (`replaced`).
-  A refresh that finds another lease in the key closes the local connection too (a lost publish).
+  `refresh_interval` while the socket is open. Set when the phone subscribes, which also
+  publishes on `p:replace`: another node holding an older connection of that phone closes it
+  (`replaced`) once the key confirms it is no longer the holder. A refresh that finds another
+  lease in the key closes the local connection too (a lost publish).
 - `p:snapshots:<node_id>` (hash gateway_id -> JSON of `GatewayActor.snapshot()`), rewritten every
   `snapshot_interval` and soon after a phone comes or goes; `p:nodes` (sorted set, score = when
   that node's hash expires) lists the nodes to read.
@@ -38,14 +39,13 @@ from coredis.exceptions import RedisError
 from coredis.retry import NoRetryPolicy
 
 from actors.backoff import exponential_delay
-from actors.backplane import Presence, decode_snapshot, encode_snapshot, merge_fleet
+from actors.backplane import (ATTACH_LUA, GCRA_LUA, LEAVE_LUA, REFRESH_LUA, SNAPSHOT_READ_LUA, SNAPSHOT_WRITE_LUA,
+                              Presence, decode_snapshot, encode_snapshot, merge_fleet)
 from actors.gateway import GatewayRegistry
 from actors.rates import Gcra, RateDecision
 from store import gateways as gateways_store
-from store import messages as messages_store
-from store.outbox import emit
 
-__all__ = ["RedisBackplane", "RedisUnavailable", "GCRA_LUA"]
+__all__ = ["RedisBackplane", "RedisUnavailable"]
 
 log = logging.getLogger("smsgw.backplane")
 T = TypeVar("T")
@@ -59,72 +59,6 @@ COMMAND_DEADLINE = 1.0     # one Redis round trip; past it the link counts as do
 CONNECT_TIMEOUT = 1.0
 SWEEP_DEADLINE = 10.0
 UNREACHABLE = (RedisError, OSError, TimeoutError, trio.TooSlowError)
-
-# One GCRA step, `Gcra.decide` of actors/rates.py step for step, on Redis' clock. ARGV[3], a
-# `now` in seconds, is for the tests that compare it with `Gcra.decide`; nodes never send it.
-GCRA_LUA = """
-local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
-local now
-if ARGV[3] then now = tonumber(ARGV[3]) else
-  local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
-local interval = period / limit
--- On `ahead` (TAT - now), never on two epoch times: a double holds those to 0.2 us only.
-local ahead = 0
-local stored = redis.call('GET', KEYS[1])
-if stored then ahead = math.max(0, tonumber(stored) - now) end
-local wait = ahead + interval - period  -- allow_at - now
-if wait > 1e-9 then
-  return {0, 0, string.format('%.17g', ahead), string.format('%.17g', wait)}
-end
-local remaining = math.min(limit - 1, math.max(0, math.floor((period - interval - ahead) / interval + 1e-9)))
-redis.call('SET', KEYS[1], string.format('%.17g', now + ahead + interval), 'PX',
-           math.ceil((ahead + interval) * 1000) + 1000)
-return {1, remaining, string.format('%.17g', ahead + interval), '0'}
-"""
-ATTACH_LUA = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
-"""
-# Forget a presence only if it is still this connection's: 1 when the gateway is now gone.
-LEAVE_LUA = """
-local v = redis.call('GET', KEYS[1])
-if not v then return 1 end
-if string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then redis.call('DEL', KEYS[1]); return 1 end
-return 0
-"""
-# Extend each presence that is still ours; return the positions of those another lease took.
-REFRESH_LUA = """
-local taken = {}
-for i, key in ipairs(KEYS) do
-  local mine = ARGV[i + 1]
-  local lease = string.sub(mine, 1, string.find(mine, ' ', 1, true))
-  local v = redis.call('GET', key)
-  if v and string.sub(v, 1, #lease) ~= lease then taken[#taken + 1] = i
-  else redis.call('SET', key, mine, 'PX', ARGV[1]) end
-end
-return taken
-"""
-SNAPSHOT_WRITE_LUA = """
-redis.call('DEL', KEYS[1])
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-return 1
-"""
-SNAPSHOT_READ_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
-  if node ~= ARGV[2] then out[#out + 1] = redis.call('HGETALL', ARGV[1] .. node) end
-end
-return out
-"""
-
 
 _GCRA, _ATTACH, _LEAVE, _REFRESH, _SNAPSHOT_WRITE, _SNAPSHOT_READ = (
     Script(script=source) for source in (GCRA_LUA, ATTACH_LUA, LEAVE_LUA, REFRESH_LUA, SNAPSHOT_WRITE_LUA,
@@ -153,6 +87,7 @@ class RedisBackplane:
     _session: trio.CancelScope | None = None
     _wake_wanted: trio.Event = attrs.Factory(trio.Event)
     _snapshot_due: trio.Event = attrs.Factory(trio.Event)
+    _announced: dict[int, str] = attrs.Factory(dict)  # gateway id -> lease whose presence we set
 
     @property
     def up(self) -> bool:
@@ -206,10 +141,13 @@ class RedisBackplane:
                 f"{lease} {self.node_id}", int(self.presence_ttl * 1000), self.key("replace"), message]))
         except RedisUnavailable:
             pass
+        self._announced[gateway_id] = lease
         self._snapshot_due.set()
 
     async def gateway_left(self, gateway_id: int, lease: str) -> bool:
         self._snapshot_due.set()
+        if self._announced.get(gateway_id) == lease:
+            del self._announced[gateway_id]
         try:
             return bool(await self._redis(
                 lambda c: _LEAVE(keys=[self.key("presence", gateway_id)], args=[lease], client=c)))
@@ -327,9 +265,10 @@ class RedisBackplane:
     async def _apply(self, channel: str, message: dict) -> None:
         if channel == self.key("replace"):
             actor = self.registry.get(message["g"])
-            if actor is not None and actor.lease != message["l"]:
-                # The key says who attached last: an announcement older than our own socket
-                # (delivered late) must not close it.
+            if (actor is not None and actor.lease != message["l"]
+                    and self._announced.get(message["g"]) == actor.lease):
+                # The key says who subscribed last: an announcement older than our own (delivered
+                # late) must not close our socket; one not yet announced will win by announcing.
                 holder = await self.holder(message["g"])
                 if holder is not None and holder.lease != actor.lease:
                     actor.close("replaced")
@@ -359,8 +298,15 @@ class RedisBackplane:
             except RedisUnavailable:
                 pass
 
+    def _held(self) -> dict[int, str]:
+        """The presences this node announced whose connections are still open (the others are
+        forgotten)."""
+        live = self.registry.live_leases()
+        self._announced = {g: lease for g, lease in self._announced.items() if live.get(g) == lease}
+        return dict(self._announced)
+
     async def _refresh_presence(self, *, coming_up: bool = False) -> None:
-        held = sorted(self.registry.live_leases().items())
+        held = sorted(self._held().items())
         for start in range(0, len(held), 1000):
             chunk = held[start:start + 1000]
             taken = await self._redis(lambda c: _REFRESH(
@@ -405,7 +351,7 @@ class RedisBackplane:
     async def sweep(self) -> tuple[int, list[dict]]:
         """Return to the queue what connections without presence held, mark their phones
         offline; return how many messages and which gateways. Safe on every node at once."""
-        leases, stale = await self.store.run(_sweep_candidates, self.presence_ttl)
+        leases, stale = await self.store.run(gateways_store.orphan_candidates, self.presence_ttl)
         ids = sorted({g for g, _ in leases} | set(stale))
         if not ids:
             return 0, []
@@ -415,7 +361,7 @@ class RedisBackplane:
         held = set(local.values())
         orphans = [(g, lease) for g, lease in leases if lease not in held and present.get(g) != lease]
         gone = [g for g in stale if g not in present and g not in local]
-        requeued, offline = await self.store.run(_reclaim, orphans, gone, self.presence_ttl)
+        requeued, offline = await self.store.run(gateways_store.reclaim_orphans, orphans, gone, self.presence_ttl)
         if requeued or offline:
             log.info("reclaimed %d messages from connections no node holds; offline: %s", requeued,
                      ", ".join(g["device_id"] for g in offline) or "none")
@@ -423,33 +369,3 @@ class RedisBackplane:
             self.publish_wake()
         return requeued, offline
 
-
-def _sweep_candidates(conn, stale_seconds: float) -> tuple[list[tuple[int, str]], list[int]]:
-    """Connections holding dispatched messages, and online gateways silent for `stale_seconds`."""
-    leases = conn.execute(
-        "SELECT DISTINCT gateway_id, lease FROM messages WHERE status = 'dispatched' AND lease IS NOT NULL"
-    ).fetchall()
-    stale = conn.execute(
-        "SELECT id FROM gateways WHERE status = 'online'"
-        " AND (last_heartbeat_at IS NULL OR last_heartbeat_at < now() - make_interval(secs => %s))",
-        (stale_seconds,),
-    ).fetchall()
-    return [(r["gateway_id"], r["lease"]) for r in leases], [r["id"] for r in stale]
-
-
-def _reclaim(conn, orphans: list[tuple[int, str]], gone: list[int], stale_seconds: float) -> tuple[int, list[dict]]:
-    """Requeue the orphaned leases; mark `gone` gateways offline if still silent (a phone that
-    reconnected meanwhile has a fresh heartbeat and is left alone)."""
-    requeued = sum(messages_store.requeue_lease(conn, g, lease) for g, lease in orphans)
-    rows = conn.execute(
-        "SELECT id, device_id, name FROM gateways WHERE id = ANY(%s) AND status = 'online'"
-        " AND (last_heartbeat_at IS NULL OR last_heartbeat_at < now() - make_interval(secs => %s))"
-        " ORDER BY id FOR UPDATE SKIP LOCKED",
-        (gone, stale_seconds),
-    ).fetchall() if gone else []
-    offline = []
-    for row in rows:
-        if gateways_store.mark_offline(conn, row["id"]):
-            emit(conn, "gateway_offline", {"gateway_id": row["device_id"], "name": row["name"], "status": "offline"})
-            offline.append(row)
-    return requeued, offline

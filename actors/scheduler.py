@@ -103,6 +103,8 @@ class Scheduler:
         match name:
             case "check_gateway_health":
                 live = {view.gateway_id for view in node.gateways.views(trio.current_time())}
+                if getattr(node, "backplane", None) is not None:
+                    live |= set(await node.backplane.fleet_snapshots())  # sockets on every node
                 body, args = scheduler_store.mark_stale_gateways_offline, (live, self.stale_seconds)
             case "cleanup_expired_otps":
                 body, args = idempotency.purge_expired, ()

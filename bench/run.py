@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=64, help="concurrent HTTP senders")
     p.add_argument("--quick", action="store_true", help="2,000 messages and 1,000 idle sockets")
     p.add_argument("--idle-sockets", type=int, help="idle gateway sockets in (c) (default 10,000; 0 skips)")
+    p.add_argument("--idle-connect-concurrency", type=int, default=16,
+                   help="idle phones opening their socket at the same time (default 16)")
+    p.add_argument("--idle-deadline", type=float, default=600.0,
+                   help="seconds for every idle phone to subscribe; past it, measure what is up")
     p.add_argument("--ceiling-seconds", type=float, default=5.0)
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the py-spy profile")
     p.add_argument("--keep-db", action="store_true", help="keep the benchmark database afterwards")
@@ -115,7 +119,8 @@ async def run_bench(opts: argparse.Namespace) -> dict:
         results["ceiling"] = await scenario_ceiling(opts)
         if opts.idle_sockets:
             async with running_server(env, work / "server-c.log") as server:
-                results["idle"] = await scenario_idle(server, opts.idle_sockets, work)
+                results["idle"] = await scenario_idle(server, opts.idle_sockets, work, deadline=opts.idle_deadline,
+                                                      connect_concurrency=opts.idle_connect_concurrency)
     finally:
         if not opts.keep_db:
             await trio.to_thread.run_sync(drop_database, dsn)
@@ -185,9 +190,11 @@ async def scenario_ceiling(opts) -> dict:
     return result
 
 
-async def scenario_idle(server: "Server", sockets: int, work: Path) -> dict:
+async def scenario_idle(server: "Server", sockets: int, work: Path, *, connect_concurrency: int,
+                        deadline: float) -> dict:
     """Register `sockets` phones, then hold that many subscribed sockets open doing nothing but
-    pings and heartbeats; server RSS before and after, per socket."""
+    pings and heartbeats; server RSS before and after, per socket subscribed at the end (all of
+    them, unless `deadline` seconds were not enough)."""
     keys = work / "idle-keys.json"
     started = time.monotonic()
     await register_phones(server.url, sockets, prefix="idle", keys_path=keys, concurrency=32)
@@ -195,15 +202,44 @@ async def scenario_idle(server: "Server", sockets: int, work: Path) -> dict:
     await trio.sleep(2)
     before = await _steady_rss(server)
     started = time.monotonic()
-    async with running_fleet(server.url, sockets, work, prefix="idle", register=False,
-                             ready_deadline=60 + sockets / 20) as fleet:
-        connected_in = time.monotonic() - started
-        await trio.sleep(5)
-        after = await _steady_rss(server)
+    ramp: list[tuple[float, float]] = []  # (sockets online, server RSS) every 2 s
+    async with running_fleet(server.url, sockets, work, prefix="idle", register=False, ready_deadline=None,
+                             connect_concurrency=connect_concurrency) as fleet:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_sample_ramp, server, fleet, ramp)
+            with trio.move_on_after(deadline):
+                await fleet.ready.wait()
+            connected_in = time.monotonic() - started
+            await trio.sleep(5)
+            after = await _steady_rss(server)
+            online, peak = fleet.online, max(n for n, _ in ramp)
+            nursery.cancel_scope.cancel()
     stats = fleet.stats()
-    return {"sockets": sockets, "registered_in_s": round(registered_in, 1), "connected_in_s": round(connected_in, 1),
+    slope = least_squares_slope(ramp)
+    return {"sockets": sockets, "online": online, "peak_online": peak, "all_subscribed": fleet.ready.is_set(),
+            "registered_in_s": round(registered_in, 1), "connected_in_s": round(connected_in, 1),
             "rss_before_mb": round(before / 2**20, 1), "rss_after_mb": round(after / 2**20, 1),
-            "kb_per_socket": round((after - before) / sockets / 1024, 1), "connects": stats["connects"]}
+            "kb_per_socket": round((after - before) / max(1, online) / 1024, 1), "connects": stats["connects"],
+            "kb_per_socket_slope": None if slope is None else round(slope / 1024, 1),
+            "ramp_samples": len(ramp), "connect_concurrency": connect_concurrency}
+
+
+async def _sample_ramp(server: "Server", fleet: "Fleet", ramp: list[tuple[float, float]]) -> None:
+    while True:
+        ramp.append((fleet.online, server.rss()))
+        await trio.sleep(2)
+
+
+def least_squares_slope(points: list[tuple[float, float]]) -> float | None:
+    """The slope of the least-squares line through (x, y) points; None when x never varies."""
+    if len(points) < 2:
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    if spread == 0:
+        return None
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
 
 
 # --- Senders and observers --------------------------------------------------------------------
@@ -500,8 +536,13 @@ async def _wait_up(server: Server, log_path: Path) -> None:
 
 @attrs.define
 class Fleet:
+    """The fleet process as the bench sees it: progress from its stdout, stats once it ended."""
+
     process: trio.Process
     stats_path: Path
+    online: int = 0
+    connects: int = 0
+    ready: trio.Event = attrs.Factory(trio.Event)
     _stats: dict | None = None
 
     def stats(self) -> dict:
@@ -509,25 +550,37 @@ class Fleet:
             self._stats = json.loads(self.stats_path.read_text())
         return self._stats
 
+    async def follow(self) -> None:
+        """Read `online <n> <connects>` and `ready` lines until the process closes stdout."""
+        while line := await read_line(self.process.stdout):
+            match line.split():
+                case ["ready"]:
+                    self.ready.set()
+                case ["online", online, connects]:
+                    self.online, self.connects = int(online), int(connects)
+
 
 @asynccontextmanager
 async def running_fleet(url: str, gateways: int, work: Path, *, prefix: str, register: bool = True,
-                        ready_deadline: float = 180.0) -> AsyncIterator[Fleet]:
-    """The simulated phones in their own process (delivery 0 ms); stats readable on exit."""
+                        ready_deadline: float | None = 180.0, connect_concurrency: int = 64
+                        ) -> AsyncIterator[Fleet]:
+    """The simulated phones in their own process (delivery 0 ms), every one subscribed within
+    `ready_deadline` seconds (None: enter at once; watch `fleet.ready`); stats readable on exit."""
     stats_path = work / f"fleet-{prefix}.json"
     argv = [sys.executable, "-m", "bench.simulator", "--url", url, "--gateways", str(gateways), "--prefix", prefix,
-            "--keys", str(work / f"{prefix}-keys.json"), "--stats-out", str(stats_path), "--delivery-ms", "0"]
+            "--keys", str(work / f"{prefix}-keys.json"), "--stats-out", str(stats_path), "--delivery-ms", "0",
+            "--connect-concurrency", str(connect_concurrency)]
     if not register:
         argv.append("--no-register")
     async with trio.open_nursery() as nursery:
         process = await nursery.start(functools.partial(
             trio.run_process, argv, cwd=ROOT, stdout=subprocess.PIPE, check=False, preexec_fn=raise_nofile))
         fleet = Fleet(process=process, stats_path=stats_path)
-        with trio.fail_after(ready_deadline):
-            line = await read_line(process.stdout)
-        if line.strip() != "ready":
-            raise RuntimeError(f"fleet did not start: {line!r}")
+        nursery.start_soon(fleet.follow)
         try:
+            if ready_deadline is not None:
+                with trio.fail_after(ready_deadline):
+                    await fleet.ready.wait()
             yield fleet
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(60):
@@ -633,8 +686,10 @@ def results_section(r: dict, opts) -> str:
         f"| {TARGETS[0]} | {_num(a['delivered_per_s'])} delivered/s | {met(_ge(a['delivered_per_s'], 2000))} |",
         f"| {TARGETS[1]} | {_num(p['p99_accept_to_socket_ms'])} ms at {_num(p['paced_rate'])}/s | "
         f"{met(None if p['p99_accept_to_socket_ms'] is None else p['p99_accept_to_socket_ms'] < 50)} |",
-        f"| {TARGETS[2]} | " + (f"{idle['kb_per_socket']} KB ({idle['sockets']:,} sockets) | "
-                               f"{met(idle['kb_per_socket'] < 40)} |" if idle else "not run | — |"),
+        f"| {TARGETS[2]} | " + (f"{idle['kb_per_socket']} KB ({idle['online']:,} of {idle['sockets']:,} sockets up); "
+                               f"ramp slope {_num(idle['kb_per_socket_slope'])} KB | "
+                               f"{met(idle['kb_per_socket'] < 40 and idle['all_subscribed'])} |"
+                               if idle else "not run | — |"),
         f"| {TARGETS[3]} | " + (f"{100 * fraction:.0f} % ({_num(a['delivered_per_s'])} of "
                                f"{_num(ceiling['round_trips_per_s'])}/s) | {met(fraction >= 0.5)} |"
                                if fraction is not None else "— | — |"),
@@ -658,10 +713,15 @@ def results_section(r: dict, opts) -> str:
     lines.append(f"- (b) ceiling: bare trio-websocket relay, {ceiling['sockets']} sockets, client and server in two "
                  f"processes: {_num(ceiling['round_trips_per_s'])} round-trips/s over {ceiling['seconds']} s.")
     if idle:
+        up = (f"all subscribed in {idle['connected_in_s']} s" if idle["all_subscribed"] else
+              f"**only {idle['online']:,} subscribed after {idle['connected_in_s']} s**")
         lines.append(
             f"- (c) idle: {idle['sockets']:,} phones registered in {idle['registered_in_s']} s (32 at a time), "
-            f"subscribed in {idle['connected_in_s']} s; server RSS {idle['rss_before_mb']} → {idle['rss_after_mb']} MB "
-            f"= {idle['kb_per_socket']} KB per socket (pings every 3 s, heartbeats every 30 s).")
+            f"opening sockets {idle['connect_concurrency']} at a time, {up} ({idle['connects']:,} subscriptions "
+            f"counting reconnects, at most {idle['peak_online']:,} up at once); server RSS {idle['rss_before_mb']} → "
+            f"{idle['rss_after_mb']} MB = {idle['kb_per_socket']} KB per socket up at the end; the slope of RSS "
+            f"against sockets up over the ramp ({idle['ramp_samples']} samples) says "
+            f"{_num(idle['kb_per_socket_slope'])} KB per socket (pings every 3 s, heartbeats every 30 s).")
     lines.append(f"- Fleet: {r['fleet']['connects']} subscriptions, {r['fleet']['duplicates']} repeated `send_sms`.")
     prof = r.get("profile")
     if prof and "skipped" not in prof:

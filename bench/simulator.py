@@ -45,6 +45,7 @@ DEFAULT_KEYS_PATH = Path("var/simulator-keys.json")
 STALE_AFTER = 6.0          # the JS client reconnects after 6 s without any frame
 HANDSHAKE_DEADLINE = 10.0  # welcome and confirm_subscription must come within this
 REMEMBERED = 10_000        # message_ids a phone remembers having reported, for repeats
+RECONNECT_BASE = 3.0       # seconds before the first reconnect, doubling up to 30 s
 
 
 class RegistrationFailed(Exception):
@@ -124,6 +125,14 @@ class FleetStats:
                 "p50_arrival_to_delivered_ms": _ms(percentile(to_delivered, 50)),
                 "p99_arrival_to_delivered_ms": _ms(percentile(to_delivered, 99))}
 
+    @property
+    def settled(self) -> bool:
+        """Every phone has been subscribed once (or told to stop)."""
+        return self._all_up.is_set()
+
+    async def wait_settled(self) -> None:
+        await self._all_up.wait()
+
     def _expect(self, phones: int) -> None:
         self._waiting = phones
         if phones == 0:
@@ -166,7 +175,7 @@ async def run_fleet(url: str, gateways: int, *, delivery_ms: float = 200, fail_r
             phone = _Phone(device_id=device_id, key=key, ws_url=f"{ws_base}?api_key={key}", behaviour=behaviour,
                            stats=stats, rand=random.Random(rand.random()), connecting=connecting)
             nursery.start_soon(phone.run)
-        await stats._all_up.wait()
+        await stats.wait_settled()
         log.info("%d phones subscribed (%d told to stop)", len(phones) - stats.stopped, stats.stopped)
         task_status.started(stats)
 
@@ -300,7 +309,10 @@ class _Phone:
                     failures += 1
                     log.info("%s: connection lost (%s); reconnecting", self.device_id,
                              ", ".join(sorted({type(e).__name__ for e in leaves})))
-                await trio.sleep(exponential_delay(max(1, failures), base=0.5, cap=30.0, rand=self.rand.random))
+                # Like the JS client's connection monitor: seconds, not milliseconds, and widely
+                # jittered, so a fleet dropped at once does not come back at once.
+                await trio.sleep(exponential_delay(max(1, failures), base=RECONNECT_BASE, cap=30.0,
+                                                   rand=self.rand.random, jitter=0.5))
         except _StopForGood as exc:
             log.warning("%s: stopping: %s", self.device_id, exc)
         finally:
@@ -518,20 +530,32 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 async def _worker(opts: argparse.Namespace) -> None:
-    """The fleet as a process of its own for the benchmark: prints `ready` once subscribed,
-    runs until SIGTERM/SIGINT, then writes its stats as JSON to --stats-out."""
+    """The fleet as a process of its own for the benchmark: prints `online <n> <connects>` every
+    second and `ready` once every phone is subscribed, runs until SIGTERM/SIGINT, then writes its
+    stats as JSON to --stats-out."""
     stats = FleetStats()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(
+            nursery.start_soon(functools.partial(
                 run_fleet, opts.url, opts.gateways, delivery_ms=opts.delivery_ms, fail_rate=opts.fail_rate,
                 prefix=opts.prefix, keys_path=Path(opts.keys), stats=stats, register=not opts.no_register,
                 connect_concurrency=opts.connect_concurrency))
-            print("ready", flush=True)
+            nursery.start_soon(_announce, stats)
             async for _ in signals:
                 break
             nursery.cancel_scope.cancel()
     Path(opts.stats_out).write_text(json.dumps(stats.to_json()))
+
+
+async def _announce(stats: FleetStats) -> None:
+    ready = False
+    while True:
+        with trio.move_on_after(1):
+            await (trio.sleep_forever() if ready else stats.wait_settled())
+        if not ready and stats.settled:
+            ready = True
+            print("ready", flush=True)
+        print(f"online {stats.online} {stats.connects}", flush=True)
 
 
 if __name__ == "__main__":
@@ -545,5 +569,7 @@ if __name__ == "__main__":
     parser.add_argument("--stats-out", required=True)
     parser.add_argument("--no-register", action="store_true")
     parser.add_argument("--connect-concurrency", type=int, default=64)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser.add_argument("--log-level", default="WARNING")
+    logging.basicConfig(level=parser.parse_known_args()[0].log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     trio.run(_worker, parser.parse_args())

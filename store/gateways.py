@@ -6,10 +6,13 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from store import keys
+from store.messages import requeue_lease
+from store.outbox import emit
 
 __all__ = [
     "DeviceTaken", "register", "heartbeat", "get", "get_by_device", "list_gateways",
     "toggle", "update", "mark_offline", "pending_count", "reset_daily_counters",
+    "orphan_candidates", "reclaim_orphans",
 ]
 
 PUBLIC_COLUMNS = (
@@ -154,3 +157,37 @@ def mark_offline(conn: psycopg.Connection, gateway_id: int) -> bool:
 
 def reset_daily_counters(conn: psycopg.Connection) -> None:
     conn.execute("UPDATE gateways SET messages_sent_today = 0, messages_received_today = 0")
+
+
+def orphan_candidates(conn: psycopg.Connection, stale_seconds: float) -> tuple[list[tuple[int, str]], list[int]]:
+    """For the backplane's sweep of dead nodes: (gateway id, lease) of every connection holding
+    dispatched messages, and the gateways marked online with no heartbeat for `stale_seconds`."""
+    leases = conn.execute(
+        "SELECT DISTINCT gateway_id, lease FROM messages WHERE status = 'dispatched' AND lease IS NOT NULL"
+    ).fetchall()
+    stale = conn.execute(
+        "SELECT id FROM gateways WHERE status = 'online'"
+        " AND (last_heartbeat_at IS NULL OR last_heartbeat_at < now() - make_interval(secs => %s))",
+        (stale_seconds,),
+    ).fetchall()
+    return [(r["gateway_id"], r["lease"]) for r in leases], [r["id"] for r in stale]
+
+
+def reclaim_orphans(conn: psycopg.Connection, orphans: list[tuple[int, str]], gone: list[int],
+                    stale_seconds: float) -> tuple[int, list[dict]]:
+    """Requeue what the `orphans` connections held; mark the `gone` gateways offline (with
+    `gateway_offline`) if they are still silent: a phone that reconnected meanwhile has a fresh
+    heartbeat and is left alone. Return how many messages, and the gateways marked offline."""
+    requeued = sum(requeue_lease(conn, gateway_id, lease) for gateway_id, lease in orphans)
+    rows = conn.execute(
+        "SELECT id, device_id, name FROM gateways WHERE id = ANY(%s) AND status = 'online'"
+        " AND (last_heartbeat_at IS NULL OR last_heartbeat_at < now() - make_interval(secs => %s))"
+        " ORDER BY id FOR UPDATE SKIP LOCKED",
+        (list(gone), stale_seconds),
+    ).fetchall() if gone else []
+    offline = []
+    for row in rows:
+        if mark_offline(conn, row["id"]):
+            emit(conn, "gateway_offline", {"gateway_id": row["device_id"], "name": row["name"], "status": "offline"})
+            offline.append(row)
+    return requeued, offline

@@ -11,6 +11,7 @@ import subprocess
 from contextlib import asynccontextmanager, suppress
 
 import attrs
+import coredis
 import httpx
 import pytest
 import trio
@@ -49,7 +50,8 @@ class Endpoint:
 @asynccontextmanager
 async def cluster(database_url: str, size: int, **env: str):
     """`size` nodes on the database and (by default) the machine's Redis under a fresh prefix."""
-    env = {"REDIS_URL": MAIN_REDIS, "REDIS_PREFIX": f"test_{secrets.token_hex(4)}", **env}
+    prefix = f"test_{secrets.token_hex(4)}"
+    env = {"REDIS_URL": MAIN_REDIS, "REDIS_PREFIX": prefix, **env}
     processes = [Process(database_url, **env) for _ in range(size)]
     try:
         async with trio.open_nursery() as nursery:
@@ -60,7 +62,7 @@ async def cluster(database_url: str, size: int, **env: str):
             yield nodes
         finally:
             for node in nodes:
-                await node.http.aclose()
+                await node.http.aclose()  # an idle keep-alive connection would hold up the graceful exit
     finally:
         for process in processes:
             if process.proc is not None and process.proc.poll() is None:
@@ -71,6 +73,10 @@ async def cluster(database_url: str, size: int, **env: str):
                     await process.wait(timeout=15)
                 if process.proc.poll() is None:
                     process.proc.kill()
+        async with coredis.Redis.from_url(MAIN_REDIS, decode_responses=True) as redis:
+            keys = [key async for key in redis.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await redis.delete(keys)
 
 
 def client_key(database_url: str, *flags: str) -> str:
@@ -200,6 +206,7 @@ async def test_a_redis_restart_is_survived(database_url, own_redis):
             before = await a.send(key, "before")
             assert await next_sms_id(p) == before
             stop_redis()
+            await trio.sleep(1.0)  # both nodes have noticed
             # Down: nothing accepted is lost; A's message reaches B's phone through B's own sweep.
             during = [await a.send(key, "during"), await b.send(key, "during")]
             got = {await next_sms_id(p, timeout=10) for _ in during}
@@ -217,6 +224,7 @@ async def test_a_redis_restart_is_survived(database_url, own_redis):
                     await trio.sleep(0.5)
             await fleet_view(a, admin, lambda g: g["connected"])  # B's snapshots are back in the new Redis
         for node in (a, b):
+            await node.http.aclose()  # an idle keep-alive connection would hold up the graceful exit
             node.process.proc.send_signal(signal.SIGTERM)
             assert await node.process.wait() == 0
             log = node.output()

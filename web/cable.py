@@ -28,6 +28,7 @@ from web.models import HeartbeatRequest, InboundRequest, StatusReportRequest
 __all__ = ["blueprint"]
 
 log = logging.getLogger("smsgw.cable")
+HANDLE_DEADLINE = 15.0  # one frame's effect: a store write through the group committer
 RECONNECTING_REASONS = frozenset({"server_restart", "stalled", "heartbeat_timeout"})
 blueprint = Blueprint("cable", __name__)
 
@@ -130,7 +131,10 @@ class _CableSession:
             for reply in replies:
                 await self.actor.send_frame(reply)
             for event in events:
-                await self._handle(event)
+                # A report the phone sent just before closing must land before the cleanup
+                # returns what the connection held to the queue: finish it, even if cancelled.
+                with trio.CancelScope(shield=True), trio.move_on_after(HANDLE_DEADLINE):
+                    await self._handle(event)
 
     async def _handle(self, event) -> None:
         match event:

@@ -3,6 +3,7 @@ each test under a key prefix of its own) behind one suite, then what only severa
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import socket
@@ -15,11 +16,12 @@ import coredis
 import pytest
 import trio
 
-from actors.backplane import (LocalBackplane, Presence, decode_snapshot, encode_snapshot, merge_fleet,
+from actors.backplane import (GCRA_LUA, LocalBackplane, Presence, decode_snapshot, encode_snapshot, merge_fleet,
                               new_node_id)
-from actors.backplane_redis import GCRA_LUA, RedisBackplane
+from actors.backplane_redis import RedisBackplane
 from actors.gateway import GatewayActor, GatewayRegistry
 from actors.rates import Gcra, TokenBucket
+from config import ConfigError, load_settings
 from store.pool import open_store
 from tests.conftest import clean, sql
 
@@ -179,6 +181,19 @@ async def test_a_newer_socket_on_another_node_closes_the_older_one(prefix):
         assert await a.backplane.holder(5) == Presence(b.backplane.node_id, newer.lease)
         a.registry.detach(older)
         assert await a.backplane.gateway_left(5, older.lease) is False  # B holds it: not offline
+
+
+async def test_a_late_announcement_never_closes_a_socket_that_subscribed_after_it(prefix):
+    async with member("redis", prefix) as a, member("redis", prefix) as b:
+        newer = b.connect(5)
+        await b.backplane.gateway_attached(5, newer.lease)
+        async with coredis.Redis.from_url(REDIS_URL, decode_responses=True) as client:
+            await client.publish(f"{prefix}:replace", json.dumps({"g": 5, "l": "conn_older", "n": "node_a"}))
+        opening = b.connect(6, subscribed=False)  # not announced yet: it wins by announcing
+        older = a.connect(6)
+        await a.backplane.gateway_attached(6, older.lease)
+        await trio.sleep(0.3)
+        assert newer.close_reason is None and opening.close_reason is None
 
 
 async def test_presence_is_refreshed_while_connected_and_expires_after(prefix):
@@ -366,3 +381,21 @@ def test_snapshot_round_trips_through_json():
 ])
 def test_merge_fleet_prefers_this_node_then_an_online_socket(local, remote, expected):
     assert {g: s["n"] for g, s in merge_fleet(local, remote).items()} == expected
+
+
+# --- settings -------------------------------------------------------------------------------
+
+def test_redis_prefix_and_node_id_default_and_override():
+    assert (load_settings({}).redis_prefix, load_settings({}).node_id) == ("smsgw", None)
+    settings = load_settings({"REDIS_PREFIX": "eu-1", "NODE_ID": "web.3"})
+    assert (settings.redis_prefix, settings.node_id) == ("eu-1", "web.3")
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("REDIS_PREFIX", "has space"), ("REDIS_PREFIX", "a:b"), ("REDIS_PREFIX", "x" * 65),
+    ("NODE_ID", "node*1"), ("NODE_ID", "é"),
+])
+def test_bad_redis_prefix_or_node_id_names_the_variable(variable, value):
+    with pytest.raises(ConfigError) as caught:
+        load_settings({variable: value})
+    assert caught.value.variable == variable

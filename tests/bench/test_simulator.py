@@ -78,6 +78,25 @@ async def test_message_held_by_a_killed_phone_is_delivered_by_another(server, tm
     assert fast.handled_by[sent["message_id"]] == "t-fast-0000"
 
 
+async def test_reports_made_while_the_socket_is_down_are_sent_after_reconnecting(server, tmp_path, monkeypatch):
+    monkeypatch.setattr("bench.simulator.RECONNECT_BASE", 0.05)
+    key = server.client_key("sms")
+    stats = FleetStats()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(_fleet, server.url, 1, delivery_ms=1_000, prefix="t-drop",
+                                              keys_path=tmp_path / "keys.json", stats=stats))
+        sent = await server.send(key, message="keep sending through the drop")
+        await wait_for(lambda: sent["message_id"] in stats.arrived, timeout=5)
+        gateway_id = server.sql("SELECT id FROM gateways WHERE device_id = 't-drop-0000'")[0]["id"]
+        server.node.gateways.get(gateway_id).close("server_restart")  # disconnect, reconnect: true
+        await wait_for(lambda: server.sql(
+            "SELECT 1 FROM messages WHERE message_id = %s AND status = 'delivered'", (sent["message_id"],)),
+            timeout=10)
+        nursery.cancel_scope.cancel()
+    assert stats.connects >= 2
+    assert stats.handled_by[sent["message_id"]] == "t-drop-0000"
+
+
 async def test_rerun_rotates_the_stored_keys_of_the_same_devices(server, tmp_path):
     keys_path = tmp_path / "keys.json"
     for _ in range(2):

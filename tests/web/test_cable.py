@@ -150,3 +150,22 @@ async def test_real_actioncable_client_stops_on_unauthorized(server):
     result = await trio.run_process(["node", "cable_client.mjs"], cwd=NODE_DIR, env=env,
                                     capture_stdout=True, capture_stderr=True, check=False)
     assert result.returncode == 4, result.stdout  # disconnected for good, no retry loop
+
+
+async def test_report_sent_just_before_closing_is_not_undone(server):
+    client = server.client_key("sms")
+    k1, k2 = await server.register("dev-1"), await server.register("dev-2")
+    async with phone(server, k2) as other:
+        async with phone(server, k1) as p:
+            server.node.gateways.get(2).active = False  # keep the other phone out of the first try
+            sent = await server.send(client)
+            sms = await p.next_sms()
+            await p.report(sms["message_id"], "delivered")
+        # closed right after reporting: the report wins, nothing is sent again
+        server.node.gateways.get(2).active = True
+        server.node.dispatcher.wake()
+        with trio.move_on_after(1.5):
+            again = await other.next_sms()
+            raise AssertionError(f"resent after a delivered report: {again}")
+    await wait_for(lambda: server.sql("SELECT 1 FROM messages WHERE message_id = %s AND status = 'delivered'",
+                                      (sent["message_id"],)))
