@@ -27,6 +27,7 @@ from actors.clock import WallClock
 from actors.dispatcher import Dispatcher
 from actors.gateway import GatewayRegistry
 from actors.group_commit import GroupCommitter
+from actors.key_cache import KeyCache
 from actors.metrics import NodeMetrics
 from actors.node import Node
 from actors.otp import OtpActor
@@ -129,6 +130,8 @@ def build_node(settings: Settings, store) -> Node:
     node.backplane = create_backplane(settings, registry=registry, wake_local=dispatcher.wake_local, store=store)
     dispatcher.broadcast = node.backplane.publish_wake
     node.limits = RateLimits.from_settings(settings, backplane=node.backplane)
+    node.keys = KeyCache(store=store)
+    node.extra_actors.append(("keys", node.keys))
     node.sends = GroupCommitter(store=store, write_batch=write_sends, name="sends")
     node.extra_actors.append(("sends", node.sends))
     node.extra_actors.append(("reports", dispatcher.reports))

@@ -16,7 +16,6 @@ is simply tried again once its lease runs out (at least once: receivers deduplic
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import json
@@ -27,12 +26,12 @@ from typing import Callable
 
 import attrs
 import httpx
-import psycopg
 import trio
 
 from actors.backoff import WEBHOOK_RETRY_SCHEDULE, scheduled_delay
 from store import webhooks as webhooks_store
 from store.outbox import WAKE_CHANNEL
+from store.notifications import listen_forever
 from store.pool import Store
 
 __all__ = ["WebhookActor", "sign", "encode_body", "delivery_headers", "retry_at", "USER_AGENT"]
@@ -42,8 +41,6 @@ log = logging.getLogger("smsgw.webhooks")
 USER_AGENT = "smsgw-webhooks/1"
 SWEEP_INTERVAL = 5.0        # retries that came due, and anything a lost notification missed
 LEASE_MARGIN = 30.0         # a claimed row stays ours for timeout + this
-LISTEN_CHECK = 30.0         # how long the listener waits on a silent socket before re-checking it
-LISTEN_RETRY = 5.0          # delay before reconnecting a listener whose connection broke
 _HEAD = ("event", "event_id", "timestamp")
 
 
@@ -189,37 +186,10 @@ class WebhookActor:
             self.metrics.webhook_delivery(outcome)
 
     async def _listen(self) -> None:
-        """Wake on every `NOTIFY smsgw_webhooks`; reconnect after a broken connection."""
-        while True:
-            try:
-                await self._listen_once()
-            except psycopg.OperationalError as exc:
-                log.warning("webhook listener lost its connection (%s); the %g s sweep covers until it is back",
-                            exc, SWEEP_INTERVAL)
-            await trio.sleep(LISTEN_RETRY)
-
-    async def _listen_once(self) -> None:
-        connect = functools.partial(psycopg.connect, self.store.pool.conninfo, autocommit=True,
-                                    connect_timeout=5, application_name="smsgw-webhooks", keepalives=1, keepalives_idle=30,
-                                    keepalives_interval=10, keepalives_count=3)
-        conn = await trio.to_thread.run_sync(connect)
-        try:
-            await trio.to_thread.run_sync(conn.execute, f"LISTEN {WAKE_CHANNEL}")
-            self.wake()  # whatever was committed while nobody listened
-            pgconn = conn.pgconn
-            while True:
-                # Nothing else runs on this connection, so libpq never buffers a notification
-                # we have not seen: the socket turning readable is the whole signal.
-                with trio.move_on_after(LISTEN_CHECK):
-                    await trio.lowlevel.wait_readable(pgconn.socket)
-                pgconn.consume_input()  # non-blocking; raises OperationalError on a dead connection
-                woken = False
-                while pgconn.notifies() is not None:
-                    woken = True
-                if woken:
-                    self.wake()
-        finally:
-            conn.close()
+        """Wake on every `NOTIFY smsgw_webhooks` (and after each reconnection, for whatever
+        was committed while nobody listened)."""
+        await listen_forever(self.store.pool.conninfo, [WAKE_CHANNEL], name="webhooks",
+                             on_notify=lambda channel, payload: self.wake(), on_connect=self.wake)
 
 
 def _short_error(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ import psycopg
 
 __all__ = [
     "GATEWAY_PREFIX", "CLIENT_PREFIX", "SCOPES", "ApiKey", "new_key", "digest_of",
-    "new_public_id", "create_client_key", "find_key", "list_keys", "revoke_by_prefix",
+    "new_public_id", "create_client_key", "find_key", "find_key_by_digest", "list_keys", "revoke_by_prefix",
     "issue_gateway_key",
 ]
 
@@ -99,8 +99,12 @@ def issue_gateway_key(conn: psycopg.Connection, gateway_id: int, name: str) -> s
 
 def find_key(conn: psycopg.Connection, key: str) -> ApiKey | None:
     """The live (not revoked) key with this value, or None."""
+    return find_key_by_digest(conn, digest_of(key))
+
+
+def find_key_by_digest(conn: psycopg.Connection, digest: str) -> ApiKey | None:
     row = conn.execute(
-        "SELECT * FROM api_keys WHERE digest = %s AND revoked_at IS NULL", (digest_of(key),)
+        "SELECT * FROM api_keys WHERE digest = %s AND revoked_at IS NULL", (digest,)
     ).fetchone()
     return _row_to_key(row) if row else None
 

@@ -28,7 +28,7 @@ async def _lookup() -> ApiKey:
         raise ApiError(401, "Missing API key: send Authorization: Bearer <key>")
     if not presented.startswith((keys_store.CLIENT_PREFIX, keys_store.GATEWAY_PREFIX)) or len(presented) > 200:
         raise ApiError(401, "Invalid API key")
-    key = await current_app.config["NODE"].store.run(keys_store.find_key, presented)
+    key = await current_app.config["NODE"].keys.lookup(presented)
     if key is None:
         raise ApiError(401, "Invalid or revoked API key")
     return key

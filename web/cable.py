@@ -53,7 +53,7 @@ async def cable_endpoint():
     presented = _presented_key()
     key = None
     if presented and presented.startswith(keys_store.GATEWAY_PREFIX) and len(presented) < 200:
-        key = await node.store.run(keys_store.find_key, presented)
+        key = await node.keys.lookup(presented)
     await websocket.accept(subprotocol=cable.SUBPROTOCOL
                            if cable.SUBPROTOCOL in websocket.requested_subprotocols else None)
     if key is None or key.kind != "gateway" or not _origin_allowed(node.settings.allowed_origins):

@@ -162,12 +162,11 @@ async def test_wake_published_on_one_node_wakes_the_others_not_itself(prefix):
 async def test_a_burst_of_wakes_is_coalesced(prefix):
     async with member("redis", prefix) as a, member("redis", prefix) as b:
         await settled(a, b)
-        for _ in range(200):
+        for _ in range(200):  # one burst, with no time passing between the calls
             a.backplane.publish_wake()
-            await trio.lowlevel.checkpoint()
         await until(lambda: b.wakes)
         await trio.sleep(0.1)
-        assert 1 <= len(b.wakes) <= 3
+        assert 1 <= len(b.wakes) <= 2
 
 
 async def test_a_newer_socket_on_another_node_closes_the_older_one(prefix):
