@@ -24,6 +24,7 @@ from actors.choice import plan_batch
 from actors.gateway import GatewayRegistry
 from actors.metrics import NodeMetrics
 from store import messages as messages_store
+from store import reports as reports_store
 from store.pool import Store
 
 __all__ = ["Dispatcher"]
@@ -53,7 +54,7 @@ class Dispatcher:
         if self.reports is None:
             self.reports = GroupCommitter(
                 store=self.store, name="reports",
-                write_batch=functools.partial(messages_store.apply_reports, max_attempts=self.max_attempts,
+                write_batch=functools.partial(reports_store.apply_reports, max_attempts=self.max_attempts,
                                               retry_delay=self._retry_delay))
 
     def wake(self) -> None:
@@ -121,7 +122,7 @@ class Dispatcher:
     async def report(self, gateway: dict, message_id: str, status: str, error_message: str | None) -> None:
         """Apply a phone's delivery report (socket or REST); raise `UnknownMessage` if it was
         never this gateway's message. Idempotent."""
-        outcome = await self.reports.submit(messages_store.Report(gateway, message_id, status, error_message))
+        outcome = await self.reports.submit(reports_store.Report(gateway, message_id, status, error_message))
         self.metrics.reported(outcome.status, outcome.changed)
         if status in ("sent", "delivered", "failed"):
             self.registry.settled(gateway["id"], message_id)

@@ -20,7 +20,6 @@ import os
 import platform
 import resource
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,7 +29,7 @@ import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import attrs
 import httpx
@@ -48,6 +47,7 @@ PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
 
 def main(argv: list[str] | None = None) -> int:
     opts = _parser().parse_args(argv)
+    opts.argv = list(sys.argv[1:] if argv is None else argv)
     if opts.quick:
         opts.messages = opts.messages or 2_000
         opts.idle_sockets = 1_000 if opts.idle_sockets is None else opts.idle_sockets
@@ -109,13 +109,14 @@ async def run_bench(opts: argparse.Namespace) -> dict:
                 results["throughput"] = await scenario_throughput(server, fleet, dsn, client_key, opts)
                 rate = min(1_000.0, 0.5 * (results["throughput"]["delivered_per_s"] or 0)) or 100.0
                 count = max(500, min(opts.messages // 4, int(rate * 15)))
-                results["paced"] = await scenario_throughput(server, fleet, dsn, client_key, opts, count=count, rate=rate)
+                results["paced"] = await scenario_throughput(server, fleet, dsn, client_key, opts,
+                                                             count=count, rate=rate)
                 if opts.profile:
                     results["profile"] = await scenario_profile(server, fleet, dsn, client_key, opts, work)
             stats = fleet.stats()
             for name in ("throughput", "paced"):
                 results[name].update(match_latencies(results[name].pop("accepted_at"), stats))
-            results["fleet"] = {"duplicates": stats["duplicates"], "connects": stats["connects"]}
+            results["fleet"] = {k: stats.get(k, 0) for k in ("duplicates", "connects", "held_reports")}
         results["ceiling"] = await scenario_ceiling(opts)
         if opts.idle_sockets:
             async with running_server(env, work / "server-c.log") as server:
@@ -142,10 +143,17 @@ async def scenario_throughput(server: "Server", fleet: "Fleet", dsn: str, key: s
         nursery.start_soon(_sample_rss, server, peak)
         wall_start = time.time()
         sent = await send_messages(server.url, key, count, concurrency=opts.concurrency, rate=rate)
-        done = await wait_delivered(dsn, floor, len(sent.accepted), deadline=max(60.0, count / 50))
+        cpu_figures = cpu.stop()
+
+        def progressed() -> None:
+            nonlocal cpu_figures
+            cpu_figures = cpu.stop()  # CPU up to the last message finished, not the idle wait after
+
+        done = await wait_delivered(dsn, floor, len(sent.accepted), deadline=max(60.0, count / 50),
+                                    on_progress=progressed)
         nursery.cancel_scope.cancel()
     span = (done["last_delivered_epoch"] or time.time()) - wall_start
-    cpu_pct, machine_busy = cpu.stop()
+    cpu_pct, machine_busy = cpu_figures
     return {
         "messages": count, "paced_rate": rate, "accepted": len(sent.accepted), "errors": dict(sent.errors),
         "accepted_per_s": round(len(sent.accepted) / sent.elapsed, 1) if sent.elapsed else None,
@@ -334,9 +342,12 @@ class _JsonPoster:
             self.stream = None
 
 
-async def wait_delivered(dsn: str, floor: int, expected: int, *, deadline: float) -> dict:
+async def wait_delivered(dsn: str, floor: int, expected: int, *, deadline: float, stall_after: float = 30.0,
+                         on_progress: Callable[[], None] = lambda: None) -> dict:
     """Watch the database (another process owns the rows) until `expected` outbound messages
-    above row id `floor` are delivered or failed, or `deadline` seconds pass."""
+    above row id `floor` are delivered or failed; give up after `deadline` seconds, or when
+    nothing moved for `stall_after` seconds. `on_progress` is called after each poll that saw
+    more messages finished."""
     query = ("SELECT count(*) FILTER (WHERE status = 'delivered') AS delivered,"
              " count(*) FILTER (WHERE status = 'failed') AS failed,"
              " extract(epoch FROM max(delivered_at))::float8 AS last_delivered_epoch"
@@ -347,10 +358,14 @@ async def wait_delivered(dsn: str, floor: int, expected: int, *, deadline: float
             row = conn.execute(query, (floor,)).fetchone()
         return {"delivered": row[0], "failed": row[1], "last_delivered_epoch": row[2]}
 
+    finished, moved_at = -1, time.monotonic()
     with trio.move_on_after(deadline):
-        while True:
+        while time.monotonic() - moved_at < stall_after:
             state = await trio.to_thread.run_sync(poll)
-            if state["delivered"] + state["failed"] >= expected:
+            if state["delivered"] + state["failed"] > finished:
+                finished, moved_at = state["delivered"] + state["failed"], time.monotonic()
+                on_progress()
+            if finished >= expected:
                 return {**state, "timed_out": False}
             await trio.sleep(0.25)
     return {**await trio.to_thread.run_sync(poll), "timed_out": True}
@@ -673,7 +688,7 @@ def results_section(r: dict, opts) -> str:
         return "—" if ok is None else ("yes" if ok else "**no**")
 
     lines = [
-        f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC — {'quick' if opts.quick else 'full'} run",
+        f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC — {_run_kind(opts)}",
         "",
         f"Machine: {m['nproc']} × {m['cpu']}, {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}, "
         f"PostgreSQL {m['postgresql']}; commit {m['commit']}. Server: one `smsgw serve` process, defaults "
@@ -702,7 +717,8 @@ def results_section(r: dict, opts) -> str:
             f"senders{paced}: "
             f"{_num(run['accepted_per_s'])} accepted/s, {_num(run['delivered_per_s'])} delivered/s end to end "
             f"(first send → last `delivered_at` stored); {run['delivered']:,} delivered, {run['failed']} failed, "
-            f"errors {run['errors'] or 'none'}{', **timed out**' if run['timed_out'] else ''}. "
+            f"errors {run['errors'] or 'none'}"
+            f"{', **the rest never finished** (no progress for 30 s)' if run['timed_out'] else ''}. "
             f"202 → `send_sms` on the socket p50 {_num(run['p50_accept_to_socket_ms'])} ms, "
             f"p99 {_num(run['p99_accept_to_socket_ms'])} ms ({run['socket_before_202']} frames arrived before "
             f"their 202, counted as 0); 202 → `delivered` reported p50 {_num(run['p50_accept_to_delivered_ms'])} ms, "
@@ -722,13 +738,16 @@ def results_section(r: dict, opts) -> str:
             f"{idle['rss_after_mb']} MB = {idle['kb_per_socket']} KB per socket up at the end; the slope of RSS "
             f"against sockets up over the ramp ({idle['ramp_samples']} samples) says "
             f"{_num(idle['kb_per_socket_slope'])} KB per socket (pings every 3 s, heartbeats every 30 s).")
-    lines.append(f"- Fleet: {r['fleet']['connects']} subscriptions, {r['fleet']['duplicates']} repeated `send_sms`.")
+    lines.append(f"- Phones in (a): {r['fleet']['connects']} subscriptions for {opts.gateways} phones (more: "
+                 f"reconnects), {r['fleet']['duplicates']:,} repeated `send_sms` (at-least-once redelivery), "
+                 f"{r['fleet'].get('held_reports', 0):,} reports held while a phone was offline.")
     prof = r.get("profile")
     if prof and "skipped" not in prof:
         lines += ["", f"Profile (py-spy `--gil`, 200 Hz: {prof['samples']:,} samples holding the GIL, i.e. Python "
                       f"running, during a saturated run of "
-                      f"{prof['figures']['messages']:,} messages, {_num(prof['figures']['delivered_per_s'])} delivered/s "
-                      "under the profiler). GIL time by thread: " + ", ".join(f"{k} {v} %" for k, v in prof["threads"]) + ".",
+                      f"{prof['figures']['messages']:,} messages, {_num(prof['figures']['delivered_per_s'])} "
+                      "delivered/s under the profiler). GIL time by thread: "
+                      + ", ".join(f"{k} {v} %" for k, v in prof["threads"]) + ".",
                   "",
                   "| own time | % | including callees | % |", "|---|---|---|---|"]
         for (own, own_pct), (inc, inc_pct) in zip(prof["own"], prof["inclusive"]):
@@ -739,6 +758,13 @@ def results_section(r: dict, opts) -> str:
     elif prof:
         lines.append(f"- Profile skipped: {prof['skipped']}")
     return "\n".join(lines) + "\n"
+
+
+def _run_kind(opts) -> str:
+    """`quick run`, `full run` (no options), or the options given."""
+    if opts.argv == ["--quick"]:
+        return "quick run"
+    return f"run with `{' '.join(opts.argv)}`" if opts.argv else "full run"
 
 
 def _load(averages: tuple[float, float, float]) -> str:

@@ -96,6 +96,7 @@ class FleetStats:
     stopped: int = 0          # phones told not to reconnect
     heartbeats: int = 0
     inbound: int = 0
+    held_reports: int = 0     # delivery reports that waited for a socket
     _waiting: int = 0         # phones not yet subscribed once (nor stopped)
     _all_up: trio.Event = attrs.Factory(trio.Event)
 
@@ -116,12 +117,14 @@ class FleetStats:
     def to_json(self) -> dict:
         return {"arrived": self.arrived, "delivered": self.delivered, "failed": self.failed,
                 "handled_by": self.handled_by, "duplicates": self.duplicates, "connects": self.connects,
-                "stopped": self.stopped, "heartbeats": self.heartbeats, "inbound": self.inbound}
+                "stopped": self.stopped, "heartbeats": self.heartbeats, "inbound": self.inbound,
+                "held_reports": self.held_reports}
 
     def summary(self) -> dict:
         to_delivered = latencies(self.arrived, self.delivered)
         return {"received": len(self.arrived), "delivered": len(self.delivered), "failed": len(self.failed),
                 "duplicates": self.duplicates, "connects": self.connects, "online": self.online,
+                "held_reports": self.held_reports,
                 "p50_arrival_to_delivered_ms": _ms(percentile(to_delivered, 50)),
                 "p99_arrival_to_delivered_ms": _ms(percentile(to_delivered, 99))}
 
@@ -283,6 +286,9 @@ class _Phone:
     identifier: str = ""
     reported: collections.OrderedDict = attrs.Factory(collections.OrderedDict)  # id -> last status
     delivering: set = attrs.Factory(set)
+    socket: object | None = None  # the subscribed socket, while there is one
+    _sending: trio.Nursery | None = None  # where SMS are sent from, across sockets
+    backlog: list = attrs.Factory(list)  # (message_id, status) reports waiting for a socket
     subscribed_once: bool = False
     battery: int = 100
 
@@ -291,7 +297,17 @@ class _Phone:
         self.battery = self.rand.randint(40, 100)
 
     async def run(self) -> None:
-        """Sessions one after another, with backoff between failed ones, until told to stop."""
+        """Sessions one after another, with backoff between failed ones, until told to stop.
+
+        SMS being sent outlive the socket they came on (a phone keeps sending while its
+        connection drops): their reports wait in `backlog` for the next subscription.
+        Cancellation kills the phone, reports and all, like pulling its battery."""
+        async with trio.open_nursery() as sending:
+            self._sending = sending
+            await self._sessions()
+            sending.cancel_scope.cancel()
+
+    async def _sessions(self) -> None:
         failures = 0
         try:
             while True:
@@ -359,7 +375,7 @@ class _Phone:
                         await ws.send_message(subscribe(self.identifier))
                     case "confirm" if frame.identifier == self.identifier and not online:
                         online = True
-                        self._went_online()
+                        self._went_online(ws)
                         nursery.start_soon(self._heartbeats, ws)
                         if self.behaviour.inbound_every > 0:
                             nursery.start_soon(self._inbound, ws)
@@ -371,9 +387,10 @@ class _Phone:
                             raise _StopForGood(f"server said {frame.reason}, reconnect false")
                         return True
                     case "send_sms":
-                        self._received(ws, frame.payload, nursery)
+                        self._received(frame.payload)
         finally:
             if online:
+                self.socket = None
                 self.stats.online -= 1
 
     def _settle_readiness(self) -> None:
@@ -381,22 +398,25 @@ class _Phone:
             self.subscribed_once = True
             self.stats._settled_once()
 
-    def _went_online(self) -> None:
+    def _went_online(self, ws) -> None:
         self.stats.connects += 1
         self.stats.online += 1
         self._settle_readiness()
+        self.socket = ws
+        if self.backlog:
+            waiting, self.backlog = self.backlog, []
+            self._sending.start_soon(self._flush, waiting)
 
-    def _received(self, ws, payload: dict, nursery: trio.Nursery) -> None:
+    def _received(self, payload: dict) -> None:
         message_id = str(payload.get("message_id"))
         self.stats.record_arrival(message_id)
         log.info("%s received SMS %s for %s: %s", self.device_id, message_id, payload.get("recipient"),
                  payload.get("message"))
         if message_id in self.delivering:
             return  # already on it; its report will come
-        earlier = self.reported.get(message_id)
-        nursery.start_soon(self._deliver, ws, message_id, earlier)
+        self._sending.start_soon(self._deliver, message_id, self.reported.get(message_id))
 
-    async def _deliver(self, ws, message_id: str, earlier: str | None) -> None:
+    async def _deliver(self, message_id: str, earlier: str | None) -> None:
         """Wait the delivery time, report `sent` then `delivered`/`failed`; a repeat of a message
         already reported is reported again at once (the server may have lost the first)."""
         self.delivering.add(message_id)
@@ -404,17 +424,35 @@ class _Phone:
             if earlier is None:
                 delay = self.behaviour.delivery_ms / 1000 * self.rand.uniform(0.8, 1.2)
                 await trio.sleep(delay)
-            await self._perform(ws, "delivery_report", message_id=message_id, status="sent")
+            await self._report(message_id, "sent")
             final = earlier or ("failed" if self.rand.random() < self.behaviour.fail_rate else "delivered")
-            extra = {"error_message": "simulated failure"} if final == "failed" else {}
-            await self._perform(ws, "delivery_report", message_id=message_id, status=final, **extra)
-            self.stats.record_report(message_id, final, self.device_id)
+            await self._report(message_id, final)
             self.reported[message_id] = final
             self.reported.move_to_end(message_id)
             while len(self.reported) > REMEMBERED:
                 self.reported.popitem(last=False)
         finally:
             self.delivering.discard(message_id)
+
+    async def _flush(self, waiting: list[tuple[str, str]]) -> None:
+        for message_id, status in waiting:  # in order: `sent` before `delivered`
+            await self._report(message_id, status)
+
+    async def _report(self, message_id: str, status: str) -> None:
+        """Send a delivery report on the current socket, or keep it for the next one."""
+        ws = self.socket
+        if ws is not None:
+            extra = {"error_message": "simulated failure"} if status == "failed" else {}
+            try:
+                await self._perform(ws, "delivery_report", message_id=message_id, status=status, **extra)
+            except (ConnectionClosed, trio.BrokenResourceError, trio.TooSlowError):
+                pass
+            else:
+                if status != "sent":
+                    self.stats.record_report(message_id, status, self.device_id)
+                return
+        self.backlog.append((message_id, status))
+        self.stats.held_reports += 1
 
     async def _heartbeats(self, ws) -> None:
         every = self.behaviour.heartbeat_every

@@ -19,7 +19,7 @@ from store.keys import new_public_id
 
 __all__ = [
     "NewMessage", "UnknownMessage", "insert_outbound", "get_outbound", "store_inbound",
-    "list_inbound", "Report", "apply_reports", "claim_for_dispatch", "requeue_dispatched",
+    "list_inbound", "claim_for_dispatch", "requeue_dispatched",
     "requeue_lease", "take_back_stale", "release_scheduled", "expire_queued", "bump_counter", "STATUS_FIELDS",
 ]
 
@@ -137,136 +137,6 @@ def list_inbound(conn: psycopg.Connection, *, phone_number: str | None, since: d
         [*params, limit, (page - 1) * limit],
     ).fetchall()
     return rows, total
-
-
-@attrs.frozen
-class ReportOutcome:
-    message_id: str
-    status: str  # the message's status after the report
-    changed: bool
-    requeued: bool = False  # a failure that will be retried on another gateway
-
-
-@attrs.frozen
-class Report:
-    gateway: dict
-    message_id: str
-    status: str  # sent, delivered, failed
-    error_message: str | None = None
-
-
-@attrs.define
-class _Tally:
-    """Counter changes of a batch, written last and in one order (no lock cycles)."""
-
-    sent: dict[int, int] = attrs.Factory(dict)
-    failed: int = 0
-
-    def count_sent(self, gateway_id: int) -> None:
-        self.sent[gateway_id] = self.sent.get(gateway_id, 0) + 1
-
-    def flush(self, conn: psycopg.Connection) -> None:
-        if self.sent:
-            ids = sorted(self.sent)
-            conn.execute(
-                "UPDATE gateways g SET messages_sent_today = messages_sent_today + t.n,"
-                " total_messages_sent = total_messages_sent + t.n"
-                " FROM unnest(%s::bigint[], %s::int[]) AS t(id, n) WHERE g.id = t.id",
-                (ids, [self.sent[i] for i in ids]),
-            )
-        if self.failed:
-            bump_counter(conn, "sms_failed", self.failed)
-
-
-def apply_reports(conn: psycopg.Connection, reports: Sequence[Report], *, max_attempts: int,
-                  retry_delay: Callable[[int], float | None]) -> list[ReportOutcome | UnknownMessage]:
-    """Apply a batch of phone reports in one transaction; one outcome (or UnknownMessage) each.
-
-    Message rows are locked in message_id order and counters are written last, so two batches
-    in flight at once cannot deadlock.
-    """
-    tally = _Tally()
-    outcomes: dict[int, ReportOutcome | UnknownMessage] = {}
-    for index in sorted(range(len(reports)), key=lambda i: reports[i].message_id):
-        r = reports[index]
-        try:
-            outcomes[index] = _apply_report(conn, r.gateway, r.message_id, r.status, r.error_message,
-                                            max_attempts=max_attempts, retry_delay=retry_delay, tally=tally)
-        except UnknownMessage as exc:
-            outcomes[index] = exc
-    tally.flush(conn)
-    return [outcomes[i] for i in range(len(reports))]
-
-
-def _apply_report(conn: psycopg.Connection, gateway: dict, message_id: str, status: str,
-                  error_message: str | None, *, max_attempts: int,
-                  retry_delay: Callable[[int], float | None], tally: _Tally) -> ReportOutcome:
-    """Apply a phone's `sent` / `delivered` / `failed` report to a message it was given.
-
-    Raises `UnknownMessage` for an id this gateway never held. `retry_delay(attempt)` gives the
-    backoff before the next try of a failed message, or None to give up.
-    """
-    row = conn.execute(
-        "SELECT id, message_id, status, gateway_id, avoid_gateway_id, attempts, api_key_id,"
-        " phone_number, reference, sent_at FROM messages"
-        " WHERE message_id = %s AND direction = 'outbound' FOR UPDATE",
-        (message_id,),
-    ).fetchone()
-    if row is None or gateway["id"] not in (row["gateway_id"], row["avoid_gateway_id"]):
-        raise UnknownMessage(message_id)
-    current = row["status"]
-    if row["gateway_id"] != gateway["id"] or current in ("delivered", "failed", "cancelled"):
-        return ReportOutcome(message_id, current, changed=False)
-    if status == "sent":
-        if current != "dispatched":
-            return ReportOutcome(message_id, current, changed=False)
-        updated = _set_status(conn, row["id"], "sent", sent=True)
-        tally.count_sent(gateway["id"])
-        _emit_status(conn, "sms_sent", updated, gateway)
-        return ReportOutcome(message_id, "sent", changed=True)
-    if status == "delivered":
-        updated = _set_status(conn, row["id"], "delivered", sent=row["sent_at"] is None, delivered=True)
-        if row["sent_at"] is None:
-            tally.count_sent(gateway["id"])
-            _emit_status(conn, "sms_sent", updated, gateway)
-        _emit_status(conn, "sms_delivered", updated, gateway)
-        return ReportOutcome(message_id, "delivered", changed=True)
-    # failed
-    delay = retry_delay(row["attempts"]) if row["attempts"] < max_attempts else None
-    if delay is not None:
-        conn.execute(
-            "UPDATE messages SET status = 'queued', gateway_id = NULL, avoid_gateway_id = %s,"
-            " error_message = %s, not_before = now() + make_interval(secs => %s), updated_at = now()"
-            " WHERE id = %s",
-            (gateway["id"], error_message, delay, row["id"]),
-        )
-        return ReportOutcome(message_id, "queued", changed=True, requeued=True)
-    updated = _set_status(conn, row["id"], "failed", failed=True, error=error_message or "failed")
-    tally.failed += 1
-    _emit_status(conn, "sms_failed", updated, gateway)
-    return ReportOutcome(message_id, "failed", changed=True)
-
-
-def _set_status(conn: psycopg.Connection, row_id: int, status: str, *, sent: bool = False,
-                delivered: bool = False, failed: bool = False, error: str | None = None) -> dict:
-    return conn.execute(
-        "UPDATE messages SET status = %s, updated_at = now(),"
-        " sent_at = CASE WHEN %s THEN now() ELSE sent_at END,"
-        " delivered_at = CASE WHEN %s THEN now() ELSE delivered_at END,"
-        " failed_at = CASE WHEN %s THEN now() ELSE failed_at END,"
-        " error_message = COALESCE(%s, error_message)"
-        f" WHERE id = %s RETURNING {STATUS_FIELDS}",
-        (status, sent, delivered, failed, error, row_id),
-    ).fetchone()
-
-
-def _emit_status(conn: psycopg.Connection, event: str, row: dict, gateway: dict) -> None:
-    outbox.emit(conn, event, {
-        "message_id": row["message_id"], "to": row["phone_number"], "status": row["status"],
-        "reference": row["reference"], "sent_at": outbox.iso(row["sent_at"]),
-        "delivered_at": outbox.iso(row["delivered_at"]), "failed_at": outbox.iso(row["failed_at"]),
-        "error_message": row["error_message"], "gateway_id": gateway["device_id"],
-    }, owner_key_id=row["api_key_id"])
 
 
 def claim_for_dispatch(conn: psycopg.Connection, limit: int,

@@ -7,13 +7,14 @@ admin keys; inbound and gateway events go to every subscribed webhook.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Sequence
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from store.keys import new_public_id
 
-__all__ = ["EVENTS", "WAKE_CHANNEL", "emit", "iso"]
+__all__ = ["EVENTS", "WAKE_CHANNEL", "emit", "emit_many", "iso"]
 
 EVENTS = ("sms_received", "sms_sent", "sms_delivered", "sms_failed", "gateway_online", "gateway_offline")
 WAKE_CHANNEL = "smsgw_webhooks"  # NOTIFY at commit wakes every node's webhook actor
@@ -28,19 +29,34 @@ def iso(value: datetime | None) -> str | None:
 
 def emit(conn: psycopg.Connection, event: str, payload: dict, *, owner_key_id: int | None = None) -> int:
     """Queue `event` for every active webhook subscribed to it; return how many."""
-    event_id = new_public_id("evt_")
-    body = {"event": event, "event_id": event_id,
-            "timestamp": iso(datetime.now(timezone.utc)), **payload}
-    owner_filter = ""
-    params: list[object] = [event_id, event, Jsonb(body), event]
-    if owner_key_id is not None:
-        owner_filter = (" AND (w.api_key_id = %s OR EXISTS (SELECT 1 FROM api_keys k"
-                        " WHERE k.id = w.api_key_id AND 'admin' = ANY(k.scopes)))")
-        params.append(owner_key_id)
+    return emit_many(conn, [(event, payload, owner_key_id)])
+
+
+def emit_many(conn: psycopg.Connection, events: Sequence[tuple[str, dict, int | None]]) -> int:
+    """Queue each `(event, payload, owner_key_id)` for the active webhooks subscribed to it, in
+    one statement; return how many deliveries were queued.
+
+    With an owner key, only that key's webhooks and admin keys' webhooks get the event; with
+    none (inbound SMS, gateway events), every subscribed webhook does.
+    """
+    if not events:
+        return 0
+    stamp = iso(datetime.now(timezone.utc))
+    ids, names, bodies, owners = [], [], [], []
+    for event, payload, owner_key_id in events:
+        event_id = new_public_id("evt_")
+        ids.append(event_id)
+        names.append(event)
+        bodies.append(Jsonb({"event": event, "event_id": event_id, "timestamp": stamp, **payload}))
+        owners.append(owner_key_id)
     cur = conn.execute(
         "INSERT INTO webhook_deliveries (webhook_id, event_id, event, payload)"
-        " SELECT w.id, %s, %s, %s FROM webhooks w WHERE w.active AND %s = ANY(w.events)" + owner_filter,
-        params,
+        " SELECT w.id, e.event_id, e.event, e.payload"
+        " FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::bigint[]) AS e(event_id, event, payload, owner)"
+        " JOIN webhooks w ON w.active AND e.event = ANY(w.events)"
+        " WHERE e.owner IS NULL OR w.api_key_id = e.owner OR EXISTS (SELECT 1 FROM api_keys k"
+        " WHERE k.id = w.api_key_id AND 'admin' = ANY(k.scopes))",
+        (ids, names, bodies, owners),
     )
     if cur.rowcount:
         conn.execute("SELECT pg_notify(%s, '')", (WAKE_CHANNEL,))

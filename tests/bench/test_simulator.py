@@ -79,11 +79,11 @@ async def test_message_held_by_a_killed_phone_is_delivered_by_another(server, tm
 
 
 async def test_reports_made_while_the_socket_is_down_are_sent_after_reconnecting(server, tmp_path, monkeypatch):
-    monkeypatch.setattr("bench.simulator.RECONNECT_BASE", 0.05)
+    monkeypatch.setattr("bench.simulator.RECONNECT_BASE", 1.5)  # offline 0.75 to 2.25 s
     key = server.client_key("sms")
     stats = FleetStats()
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(_fleet, server.url, 1, delivery_ms=1_000, prefix="t-drop",
+        await nursery.start(functools.partial(_fleet, server.url, 1, delivery_ms=400, prefix="t-drop",
                                               keys_path=tmp_path / "keys.json", stats=stats))
         sent = await server.send(key, message="keep sending through the drop")
         await wait_for(lambda: sent["message_id"] in stats.arrived, timeout=5)
@@ -94,6 +94,7 @@ async def test_reports_made_while_the_socket_is_down_are_sent_after_reconnecting
             timeout=10)
         nursery.cancel_scope.cancel()
     assert stats.connects >= 2
+    assert stats.held_reports == 2  # `sent` and `delivered`, made while offline, sent afterwards
     assert stats.handled_by[sent["message_id"]] == "t-drop-0000"
 
 
