@@ -125,7 +125,7 @@ def build_node(settings: Settings, store) -> Node:
     registry = GatewayRegistry(default_rate_per_minute=settings.gateway_send_rate_per_minute)
     dispatcher = Dispatcher(store=store, registry=registry, max_attempts=settings.sms_max_attempts,
                             retry_delays=settings.sms_retry_delays)
-    registry.changed = dispatcher.wake_local  # a phone here came, went or reported: this node's capacity
+    registry.changed = dispatcher.capacity_changed  # a phone here came, went or reported: this node's capacity
     node.gateways, node.dispatcher = registry, dispatcher
     node.backplane = create_backplane(settings, registry=registry, wake_local=dispatcher.wake_local, store=store)
     dispatcher.broadcast = node.backplane.publish_wake

@@ -25,7 +25,7 @@ from actors.gateway import GatewayRegistry
 from actors.metrics import NodeMetrics
 from store import messages as messages_store
 from store import reports as reports_store
-from store.pool import Store
+from store.pool import Store, StoreUnavailable
 
 __all__ = ["Dispatcher"]
 
@@ -49,6 +49,10 @@ class Dispatcher:
     # Reports from every phone are written in groups, one transaction each (see run_reports).
     reports: GroupCommitter = attrs.field(default=None)
     dispatched_total: int = 0
+    # Whether queued messages may be waiting. Capacity changes (a phone connected or reported)
+    # start a round only then, so a storm of connections costs nothing while the queue is empty.
+    _backlog: bool = True
+    _arrivals: int = 0
 
     def __attrs_post_init__(self) -> None:
         if self.reports is None:
@@ -60,18 +64,26 @@ class Dispatcher:
     def wake(self) -> None:
         """Ask for a dispatch round soon, here and on every node (the queue changed); never
         blocks, safe from any task."""
-        self._wakeup.set()
+        self.wake_local()
         self.broadcast()
 
     def wake_local(self) -> None:
-        """Ask this node's dispatcher alone (a phone here connected, reported, or another node
-        queued a message)."""
+        """Ask this node's dispatcher alone: messages were queued (here or, through the
+        backplane, on another node)."""
+        self._arrivals += 1
+        self._backlog = True
         self._wakeup.set()
+
+    def capacity_changed(self) -> None:
+        """A phone here connected, reported or was changed: a round if messages wait."""
+        if self._backlog:
+            self._wakeup.set()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Dispatch rounds until cancelled. A crash propagates to the supervisor."""
         task_status.started()
         while True:
+            # The sweep always runs a round: retries whose backoff ended are due by time alone.
             with trio.move_on_after(SWEEP_INTERVAL):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
@@ -80,6 +92,7 @@ class Dispatcher:
     async def dispatch_round(self) -> int:
         """Claim and hand over as much as the phones can take now; return how many."""
         total = 0
+        arrivals = self._arrivals
         while True:
             now = trio.current_time()
             views = [v for v in self.registry.views(now) if v.active and v.online and v.subscribed]
@@ -95,14 +108,16 @@ class Dispatcher:
                 return [(a.message_id, a.gateway_id) for a in plan_batch(batch, views)]
 
             leases = {v.gateway_id: self.registry.get(v.gateway_id).lease for v in views}
-            rows, _left = await self.store.run(messages_store.claim_for_dispatch, limit, plan, leases)
+            rows, left = await self.store.run(messages_store.claim_for_dispatch, limit, plan, leases)
             if not rows:
+                self._backlog = left > 0 or self._arrivals != arrivals
                 return total
             await self._hand_over(rows)
             self.metrics.dispatched(len(rows), trio.current_time() - now)  # claim began at `now`
             total += len(rows)
             self.dispatched_total += len(rows)
             if len(rows) < limit:
+                self._backlog = left > 0 or self._arrivals != arrivals
                 return total
 
     async def _hand_over(self, rows: list[dict]) -> None:
@@ -119,10 +134,26 @@ class Dispatcher:
                 await self.store.run(messages_store.requeue_dispatched, gateway_id, message_ids)
             self.wake()
 
-    async def report(self, gateway: dict, message_id: str, status: str, error_message: str | None) -> None:
+    async def report(self, gateway: dict, message_id: str, status: str, error_message: str | None,
+                     *, retry_unavailable: bool = False) -> None:
         """Apply a phone's delivery report (socket or REST); raise `UnknownMessage` if it was
-        never this gateway's message. Idempotent."""
-        outcome = await self.reports.submit(reports_store.Report(gateway, message_id, status, error_message))
+        never this gateway's message. Idempotent. With `retry_unavailable`, an unreachable
+        database is retried with backoff until the caller's deadline (the socket path: the
+        phone will not send it again); otherwise `StoreUnavailable` propagates (REST: 503)."""
+        report = reports_store.Report(gateway, message_id, status, error_message)
+        # A phone does not resend a report, so a database hiccup is waited out (within the
+        # caller's deadline) instead of dropping what the phone told us.
+        delay = 0.1
+        while True:
+            try:
+                outcome = await self.reports.submit(report)
+                break
+            except StoreUnavailable:
+                if not retry_unavailable:
+                    raise
+                log.warning("report for %s waits for the database", message_id)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
         self.metrics.reported(outcome.status, outcome.changed)
         if status in ("sent", "delivered", "failed"):
             self.registry.settled(gateway["id"], message_id)

@@ -6,7 +6,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from store import keys
-from store.messages import requeue_lease
+from store.messages import requeue, requeue_lease
 from store.outbox import emit
 
 __all__ = [
@@ -104,15 +104,19 @@ def list_gateways(conn: psycopg.Connection, *, status: str | None = None, active
 
 
 def toggle(conn: psycopg.Connection, gateway_id: int) -> dict | None:
-    """Flip `active`; a deactivated gateway's unsent messages go back to the queue."""
-    row = conn.execute(
+    """Flip `active`; a deactivated gateway's unsent messages go back to the queue.
+
+    Messages are locked before the gateway row, the order the report path takes."""
+    current = conn.execute("SELECT active FROM gateways WHERE id = %s", (gateway_id,)).fetchone()
+    if current is None:
+        return None
+    if current["active"]:
+        requeue_unsent(conn, gateway_id)
+    return conn.execute(
         "UPDATE gateways SET active = NOT active, updated_at = now() WHERE id = %s"
         " RETURNING id, device_id, active",
         (gateway_id,),
     ).fetchone()
-    if row is not None and not row["active"]:
-        requeue_unsent(conn, gateway_id)
-    return row
 
 
 def update(conn: psycopg.Connection, gateway_id: int, changes: dict) -> dict | None:
@@ -120,6 +124,8 @@ def update(conn: psycopg.Connection, gateway_id: int, changes: dict) -> dict | N
     allowed = {"name", "priority", "active", "send_rate_per_minute", "metadata"}
     fields = {k: v for k, v in changes.items() if k in allowed}
     if fields:
+        if fields.get("active") is False:
+            requeue_unsent(conn, gateway_id)  # messages first, then the gateway row
         sets = ", ".join(f"{name} = %s" for name in fields)
         values = [Jsonb(v) if name == "metadata" else v for name, v in fields.items()]
         row = conn.execute(
@@ -128,30 +134,26 @@ def update(conn: psycopg.Connection, gateway_id: int, changes: dict) -> dict | N
         ).fetchone()
         if row is None:
             return None
-        if fields.get("active") is False:
-            requeue_unsent(conn, gateway_id)
     return get(conn, gateway_id)
 
 
 def requeue_unsent(conn: psycopg.Connection, gateway_id: int) -> int:
     """Return this gateway's dispatched-but-unsent messages to the queue for another gateway."""
-    cur = conn.execute(
-        "UPDATE messages SET status = 'queued', gateway_id = NULL, lease = NULL, avoid_gateway_id = %s,"
-        " updated_at = now() WHERE gateway_id = %s AND status IN ('queued', 'dispatched')",
-        (gateway_id, gateway_id),
-    )
-    return cur.rowcount
+    return requeue(conn, "gateway_id = %s", [gateway_id], avoid_gateway_id=gateway_id,
+                   statuses=("queued", "dispatched"))
 
 
 def mark_offline(conn: psycopg.Connection, gateway_id: int) -> bool:
-    """Mark offline and requeue its in-flight messages; True when it was online."""
+    """Mark offline and requeue its in-flight messages; True when it was online.
+
+    Messages are locked before the gateway row, the order the report path takes."""
+    requeue_unsent(conn, gateway_id)
     row = conn.execute(
         "UPDATE gateways g SET status = 'offline', updated_at = now()"
         " FROM (SELECT status FROM gateways WHERE id = %s FOR UPDATE) old"
         " WHERE g.id = %s RETURNING old.status",
         (gateway_id, gateway_id),
     ).fetchone()
-    requeue_unsent(conn, gateway_id)
     return row is not None and row["status"] == "online"
 
 

@@ -20,7 +20,7 @@ from store.keys import new_public_id
 __all__ = [
     "NewMessage", "UnknownMessage", "insert_outbound", "get_outbound", "store_inbound",
     "list_inbound", "claim_for_dispatch", "requeue_dispatched",
-    "requeue_lease", "take_back_stale", "release_scheduled", "expire_queued", "bump_counter", "STATUS_FIELDS",
+    "requeue", "requeue_lease", "take_back_stale", "release_scheduled", "expire_queued", "bump_counter", "STATUS_FIELDS",
 ]
 
 _TODAY = "(now() AT TIME ZONE current_setting('smsgw.day_zone'))::date"
@@ -174,13 +174,26 @@ def claim_for_dispatch(conn: psycopg.Connection, limit: int,
     return rows, len(due) - len(rows)
 
 
+def requeue(conn: psycopg.Connection, where: str, params: Sequence[object], *, avoid_gateway_id: int | None,
+            statuses: tuple[str, ...] = ("dispatched",)) -> int:
+    """Return the messages matching `where` (and in `statuses`) to the queue; return how many.
+
+    Rows are locked in message_id order first, the order the report path uses, so a requeue
+    and a batch of reports never wait on each other in a cycle.
+    """
+    return conn.execute(
+        "WITH target AS (SELECT id FROM messages WHERE status = ANY(%s) AND " + where +
+        " ORDER BY message_id FOR UPDATE)"
+        " UPDATE messages m SET status = 'queued', gateway_id = NULL, lease = NULL,"
+        " avoid_gateway_id = COALESCE(%s, m.avoid_gateway_id), updated_at = now()"
+        " FROM target WHERE m.id = target.id",
+        [list(statuses), *params, avoid_gateway_id],
+    ).rowcount
+
+
 def requeue_lease(conn: psycopg.Connection, gateway_id: int, lease: str) -> int:
     """Return what one connection still held (dispatched, not yet sent) to the queue."""
-    return conn.execute(
-        "UPDATE messages SET status = 'queued', gateway_id = NULL, lease = NULL, avoid_gateway_id = %s,"
-        " updated_at = now() WHERE lease = %s AND status = 'dispatched'",
-        (gateway_id, lease),
-    ).rowcount
+    return requeue(conn, "lease = %s", [lease], avoid_gateway_id=gateway_id)
 
 
 def take_back_stale(conn: psycopg.Connection, gateway_id: int, lease: str) -> int:
@@ -189,25 +202,16 @@ def take_back_stale(conn: psycopg.Connection, gateway_id: int, lease: str) -> in
     Covers a socket replaced on another node and a node that was killed; the phone
     deduplicates by message_id if it did get them.
     """
-    return conn.execute(
-        "UPDATE messages SET status = 'queued', gateway_id = NULL, lease = NULL, updated_at = now()"
-        " WHERE gateway_id = %s AND status = 'dispatched' AND lease IS DISTINCT FROM %s",
-        (gateway_id, lease),
-    ).rowcount
+    return requeue(conn, "gateway_id = %s AND lease IS DISTINCT FROM %s", [gateway_id, lease],
+                   avoid_gateway_id=None)
 
 
 def requeue_dispatched(conn: psycopg.Connection, gateway_id: int, message_ids: Sequence[str] | None = None) -> int:
-    """Return dispatched-but-unsent messages of a gateway to the queue."""
-    extra, params = "", [gateway_id, gateway_id]
-    if message_ids is not None:
-        extra = " AND message_id = ANY(%s)"
-        params.append(list(message_ids))
-    cur = conn.execute(
-        "UPDATE messages SET status = 'queued', gateway_id = NULL, lease = NULL, avoid_gateway_id = %s,"
-        " updated_at = now() WHERE gateway_id = %s AND status = 'dispatched'" + extra,
-        params,
-    )
-    return cur.rowcount
+    """Return dispatched-but-unsent messages of a gateway (or just `message_ids`) to the queue."""
+    if message_ids is None:
+        return requeue(conn, "gateway_id = %s", [gateway_id], avoid_gateway_id=gateway_id)
+    return requeue(conn, "gateway_id = %s AND message_id = ANY(%s)", [gateway_id, list(message_ids)],
+                   avoid_gateway_id=gateway_id)
 
 
 def release_scheduled(conn: psycopg.Connection) -> int:
@@ -221,8 +225,10 @@ def release_scheduled(conn: psycopg.Connection) -> int:
 def expire_queued(conn: psycopg.Connection) -> int:
     """Fail queued messages past their TTL with `error_message: "expired"`."""
     rows = conn.execute(
-        "UPDATE messages SET status = 'failed', failed_at = now(), error_message = 'expired',"
-        f" updated_at = now() WHERE status = 'queued' AND expires_at <= now() RETURNING {STATUS_FIELDS}"
+        "WITH target AS (SELECT id FROM messages WHERE status = 'queued' AND expires_at <= now()"
+        " ORDER BY message_id FOR UPDATE)"
+        " UPDATE messages m SET status = 'failed', failed_at = now(), error_message = 'expired',"
+        f" updated_at = now() FROM target WHERE m.id = target.id RETURNING {', '.join('m.' + f.strip() for f in STATUS_FIELDS.split(','))}"
     ).fetchall()
     if rows:
         bump_counter(conn, "sms_failed", len(rows))

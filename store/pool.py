@@ -8,18 +8,21 @@ one transaction: a store function is a state transition, and it commits or rolls
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable, ParamSpec, TypeVar
 
 import attrs
 import psycopg
 import trio
+from psycopg.errors import DeadlockDetected, SerializationFailure
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 __all__ = ["Store", "StoreUnavailable", "open_store"]
 
 log = logging.getLogger("smsgw.store")
+TRANSIENT_RETRIES = 5  # deadlocks and serialization failures: PostgreSQL rolled back, try again
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -43,12 +46,20 @@ class Store:
         return await trio.to_thread.run_sync(self._run_sync, fn, args, kwargs, limiter=self.limiter)
 
     def _run_sync(self, fn: Callable[..., T], args: tuple[object, ...], kwargs: dict[str, object]) -> T:
-        try:
-            with self.pool.connection() as conn:
-                with conn.transaction():
-                    return fn(conn, *args, **kwargs)
-        except (PoolTimeout, psycopg.OperationalError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        for attempt in range(1, TRANSIENT_RETRIES + 1):
+            try:
+                with self.pool.connection() as conn:
+                    with conn.transaction():
+                        return fn(conn, *args, **kwargs)
+            except (DeadlockDetected, SerializationFailure) as exc:
+                # The transaction was rolled back whole: running it again is safe.
+                if attempt == TRANSIENT_RETRIES:
+                    raise StoreUnavailable(f"gave up after {attempt} tries: {exc}") from exc
+                log.info("transaction retried after %s", type(exc).__name__)
+                time.sleep(0.005 * attempt)
+            except (PoolTimeout, psycopg.OperationalError) as exc:
+                raise StoreUnavailable(str(exc)) from exc
+        raise AssertionError("unreachable")
 
     async def ping(self) -> bool:
         """True when the database answers a trivial query."""

@@ -22,6 +22,7 @@ from store import gateways as gateways_store
 from store import keys as keys_store
 from store import messages as messages_store
 from store.outbox import emit
+from store.pool import StoreUnavailable
 from web import cable_protocol as cable
 from web.models import HeartbeatRequest, InboundRequest, StatusReportRequest
 
@@ -165,7 +166,7 @@ class _CableSession:
         await self.node.store.run(_went_online, self.gateway, self.actor.lease)
         self.actor.identifier = identifier
         await self.actor.send_frame(self.protocol.confirm(identifier))
-        self.node.dispatcher.wake()
+        self.node.dispatcher.capacity_changed()
 
     async def _perform(self, action: str, data: dict) -> None:
         context = {"region": self.node.settings.default_country_code}
@@ -180,7 +181,7 @@ class _CableSession:
                 case "delivery_report":
                     body = StatusReportRequest.model_validate(data, context=context)
                     await self.node.dispatcher.report(self.gateway, body.message_id, body.status,
-                                                      body.error_message)
+                                                      body.error_message, retry_unavailable=True)
                 case "message_received":
                     payload = dict(data)
                     if isinstance(payload.get("timestamp"), str):
@@ -198,6 +199,9 @@ class _CableSession:
         except messages_store.UnknownMessage as exc:
             log.info("gateway %s: report for unknown message %s", self.actor.device_id, str(exc)[:64],
                      extra={"device_id": self.actor.device_id, "message_id": str(exc)[:64]})
+        except StoreUnavailable as exc:
+            log.warning("gateway %s: %s not stored, database unavailable: %s", self.actor.device_id, action, exc,
+                        extra={"device_id": self.actor.device_id})
         except ValueError as exc:
             log.info("gateway %s: bad %s: %s", self.actor.device_id, action, exc,
                      extra={"device_id": self.actor.device_id})

@@ -41,3 +41,23 @@ def test_a_batch_applies_each_report_in_order(database_url):
     events = sorted(r["event"] for r in sql(database_url, "SELECT event FROM webhook_deliveries"))
     assert events == ["sms_delivered", "sms_delivered", "sms_failed", "sms_sent", "sms_sent"]
     assert sql(database_url, "SELECT value FROM daily_counters WHERE name = 'sms_failed'")[0]["value"] == 1
+
+
+async def test_a_deadlocked_transaction_is_retried_whole(database_url):
+    from psycopg.errors import DeadlockDetected
+
+    from store.pool import open_store
+    clean(database_url)
+    tries = []
+
+    def flaky(conn):
+        tries.append(1)
+        conn.execute("INSERT INTO daily_counters (day, name, value) VALUES (current_date, 'probe', 1)")
+        if len(tries) < 3:
+            raise DeadlockDetected("deadlock detected (simulated)")
+        return "committed"
+
+    async with open_store(database_url) as store:
+        assert await store.run(flaky) == "committed"
+    assert len(tries) == 3
+    assert sql(database_url, "SELECT value FROM daily_counters WHERE name = 'probe'") == [{"value": 1}]
