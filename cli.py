@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--inbound-every", type=float, default=0.0,
                           help="seconds between inbound SMS per phone (0: none)")
     simulate.add_argument("--prefix", default="sim")
+    simulate.add_argument("--keys", default="var/simulator-keys.json", help="JSON file of the phones' gateway keys")
     return parser
 
 
