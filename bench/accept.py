@@ -1,0 +1,130 @@
+"""Accepting messages: single sends against the bare framework, and bulk sends.
+
+The framework ceiling is a trivial JSON POST on the same stack (Quart-Trio on Hypercorn's trio
+worker, one process), served by `python -m bench.accept --ceiling-server PORT`; the single-send
+rate is `POST /api/v1/sms/send` with no phones connected (messages only queue), so it measures
+the accept path: authentication, validation, the group commit. `python -m bench.accept` prints
+the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from bench.run import (ROOT, _JsonPoster, create_client_key, create_database, drop_database, running_server,
+                       send_messages, server_env)
+
+__all__ = ["main"]
+
+
+def ceiling_app():
+    from quart import request
+    from quart_trio import QuartTrio
+
+    app = QuartTrio("ceiling")
+
+    @app.post("/echo")
+    async def echo():
+        body = await request.get_json()
+        return {"ok": True, "to": body.get("to")}, 202
+
+    return app
+
+
+async def serve_ceiling(port: int) -> None:
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    await serve(ceiling_app(), config)
+
+
+async def post_many(url: str, path: str, key: str, bodies: list[bytes], concurrency: int) -> tuple[float, int]:
+    """POST every body from `concurrency` keep-alive connections; (seconds, answers below 300)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    send, receive = trio.open_memory_channel(concurrency)
+    ok = 0
+
+    async def worker(bodies_in: trio.MemoryReceiveChannel) -> None:
+        nonlocal ok
+        http = _JsonPoster(host, int(port), key)
+        async with bodies_in:
+            async for body in bodies_in:
+                status, _ = await http.post(path, body)
+                ok += status < 300
+        await http.close()
+
+    started = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker, receive.clone())
+        receive.close()
+        async with send:
+            for body in bodies:
+                await send.send(body)
+    return time.monotonic() - started, ok
+
+
+async def measure(opts) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="smsgw-accept-"))
+    dsn = create_database()
+    try:
+        env = server_env(dsn, work)
+        subprocess.run([sys.executable, "-m", "cli", "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
+        key = create_client_key(env)
+        port = opts.ceiling_port
+        ceiling = subprocess.Popen([sys.executable, "-m", "bench.accept", "--ceiling-server", str(port)], cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            await trio.sleep(2.0)
+            body = json.dumps({"to": "+14155552671", "message": "hello"}).encode()
+            seconds, ok = await post_many(f"http://127.0.0.1:{port}", "/echo", key, [body] * opts.requests,
+                                          opts.concurrency)
+            ceiling_rate = ok / seconds
+        finally:
+            ceiling.terminate()
+            ceiling.wait(timeout=10)
+        async with running_server(env, work / "server.log") as server:
+            sent = await send_messages(server.url, key, opts.requests, concurrency=opts.concurrency, rate=None)
+            single_rate = len(sent.accepted) / sent.elapsed
+            entries = [{"to": f"+1415555{i % 10_000:04d}", "message": f"bulk {i}"} for i in range(1000)]
+            bulk = json.dumps({"messages": entries}).encode()
+            seconds, ok = await post_many(server.url, "/api/v1/sms/send_bulk", key, [bulk] * opts.bulk_requests,
+                                          opts.bulk_concurrency)
+            bulk_rate = ok * 1000 / seconds
+        return {"ceiling_posts_per_s": round(ceiling_rate), "single_sends_per_s": round(single_rate),
+                "single_fraction_of_ceiling": round(single_rate / ceiling_rate, 2),
+                "single_errors": dict(sent.errors), "bulk_messages_per_s": round(bulk_rate),
+                "bulk_requests": opts.bulk_requests, "bulk_ok": ok, "concurrency": opts.concurrency}
+    finally:
+        drop_database(dsn)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.accept")
+    p.add_argument("--requests", type=int, default=5_000)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--bulk-requests", type=int, default=30)
+    p.add_argument("--bulk-concurrency", type=int, default=4)
+    p.add_argument("--ceiling-port", type=int, default=3931)
+    p.add_argument("--ceiling-server", type=int, help=argparse.SUPPRESS)
+    opts = p.parse_args(argv)
+    if opts.ceiling_server:
+        trio.run(serve_ceiling, opts.ceiling_server)
+        return 0
+    print(json.dumps(trio.run(measure, opts), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
