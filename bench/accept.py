@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from bench.run import (ROOT, _JsonPoster, create_client_key, create_database, drop_database, running_server,
+from bench.harness import (ROOT, _JsonPoster, create_client_key, create_database, drop_database, running_server,
                        send_messages, server_env)
 
 __all__ = ["main"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from bench.run import create_database, drop_database, server_env
+from bench.harness import create_database, drop_database, server_env
 
 __all__ = ["main"]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trio
 
-from bench.run import (_max_message_row, create_client_key, create_database, drop_database, raise_nofile,
+from bench.harness import (_max_message_row, create_client_key, create_database, drop_database, raise_nofile,
                        running_fleet, running_server, send_messages, server_env, wait_delivered)
 
 __all__ = ["scenario_two_nodes", "main"]
