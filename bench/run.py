@@ -227,3 +227,7 @@ def least_squares_slope(points: list[tuple[float, float]]) -> float | None:
     if spread == 0:
         return None
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
+if __name__ == "__main__":
+    sys.exit(main())
