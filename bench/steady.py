@@ -1,0 +1,108 @@
+"""Steady load: single sends offered at fixed rates (open loop), one after another.
+
+Bursts flatter a gateway; a steady stream shows whether it keeps up. For each rate the senders
+offer `rate` messages a second for `--seconds`, whatever the server answers (open loop: the
+schedule does not wait for slow answers beyond the senders' own concurrency); meanwhile the
+backlog (queued + dispatched messages) is sampled every second. Reported per rate: offered and
+accepted/s, delivered/s over the window, the backlog's slope (messages/s it grows by; about 0
+means it keeps up), and p50/p99 from each 202 to its `send_sms` on a phone's socket.
+`python -m bench.steady [--rates 250,500,1000] [--seconds 60]` prints the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import trio
+
+from bench.harness import (create_client_key, create_database, drop_database, match_latencies, running_fleet,
+                           running_server, send_messages, server_env)
+from bench.run import least_squares_slope
+
+__all__ = ["main"]
+
+
+async def _sample_backlog(dsn: str, samples: list[tuple[float, int]]) -> None:
+    started = time.monotonic()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            n = conn.execute("SELECT count(*) FROM messages WHERE status IN ('queued', 'dispatched')").fetchone()[0]
+            samples.append((time.monotonic() - started, n))
+            await trio.sleep(1.0)
+
+
+def _delivered(dsn: str, since: float) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM messages WHERE status = 'delivered'"
+                            " AND delivered_at >= to_timestamp(%s)", (since,)).fetchone()[0]
+
+
+async def measure(opts) -> list[dict]:
+    work = Path(tempfile.mkdtemp(prefix="smsgw-steady-"))
+    dsn = create_database()
+    results = []
+    accepted_at: list[dict[str, float]] = []
+    try:
+        env = server_env(dsn, work)
+        key = create_client_key(env)
+        async with running_server(env, work / "server.log") as server:
+            async with running_fleet(server.url, opts.gateways, work, prefix="steady") as fleet:
+                for rate in opts.rates:
+                    samples: list[tuple[float, int]] = []
+                    wall_start = time.time()
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_sample_backlog, dsn, samples)
+                        sent = await send_messages(server.url, key, int(rate * opts.seconds),
+                                                   concurrency=opts.concurrency, rate=rate)
+                        nursery.cancel_scope.cancel()
+                    window = time.time() - wall_start
+                    delivered = await trio.to_thread.run_sync(_delivered, dsn, wall_start)
+                    slope = least_squares_slope([(t, float(n)) for t, n in samples])
+                    accepted_at.append(sent.accepted)
+                    results.append({
+                        "offered_per_s": rate, "accepted_per_s": round(len(sent.accepted) / window, 1),
+                        "delivered_per_s_in_window": round(delivered / window, 1),
+                        "backlog_start": samples[0][1] if samples else None,
+                        "backlog_end": samples[-1][1] if samples else None,
+                        "backlog_growth_per_s": None if slope is None else round(slope, 1),
+                        "errors": dict(sent.errors),
+                    })
+                    # let the backlog drain before the next rate
+                    with trio.move_on_after(120):
+                        while samples and (await trio.to_thread.run_sync(_backlog, dsn)) > 0:
+                            await trio.sleep(1)
+            stats = fleet.stats()  # the phones' own record, written when their process ends
+        for result, accepted in zip(results, accepted_at):
+            latency = match_latencies(accepted, stats)
+            result["p50_accept_to_socket_ms"] = latency["p50_accept_to_socket_ms"]
+            result["p99_accept_to_socket_ms"] = latency["p99_accept_to_socket_ms"]
+    finally:
+        drop_database(dsn)
+    return results
+
+
+def _backlog(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM messages WHERE status IN ('queued', 'dispatched')").fetchone()[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.steady")
+    p.add_argument("--rates", default="250,500,1000", help="comma list of messages/s to offer")
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--gateways", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=128)
+    opts = p.parse_args(argv)
+    opts.rates = [float(r) for r in opts.rates.split(",")]
+    print(json.dumps(trio.run(measure, opts), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
