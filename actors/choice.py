@@ -10,6 +10,7 @@ a single phone.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 
 import attrs
@@ -71,21 +72,43 @@ def plan_batch(
     Each assignment adds one to the chosen gateway's queue and takes its
     segments from its budget before the next message is placed, so equal
     gateways take turns and no budget is overrun.  Messages that no
-    gateway can take are left out of the result.
+    gateway can take are left out of the result.  Each choice is the one
+    ``choose_gateway`` would make; a heap keeps it O(log n) per message, so
+    a large backlog over many phones is planned in milliseconds.
     """
-    views = list(candidates)
+    budgets: dict[int, float] = {}
+    heap: list[tuple[int, int, int]] = []
+    for view in candidates:
+        if view.active and view.online and view.subscribed and view.budget >= 1:
+            budgets[view.gateway_id] = view.budget
+            heap.append(_rank(view))
+    heapq.heapify(heap)
     assignments = []
     for message_id, segments, avoid in messages:
-        index = _best_index(views, segments, avoid)
-        if index is None:
+        chosen, fallback, skipped = None, None, []
+        while heap:
+            entry = heapq.heappop(heap)
+            if budgets[entry[2]] < segments:
+                skipped.append(entry)
+            elif entry[2] in avoid:
+                if fallback is None:
+                    fallback = entry  # the best of the avoided, used only if nothing else can
+                else:
+                    skipped.append(entry)
+            else:
+                chosen = entry
+                break
+        if chosen is None:
+            chosen, fallback = fallback, None
+        for entry in skipped + ([fallback] if fallback is not None else []):
+            heapq.heappush(heap, entry)
+        if chosen is None:
             continue
-        chosen = views[index]
-        views[index] = attrs.evolve(
-            chosen,
-            queue_depth=chosen.queue_depth + 1,
-            budget=chosen.budget - segments,
-        )
-        assignments.append(Assignment(message_id, chosen.gateway_id))
+        priority, load, gateway_id = chosen
+        budgets[gateway_id] -= segments
+        if budgets[gateway_id] >= 1:
+            heapq.heappush(heap, (priority, load + 1, gateway_id))
+        assignments.append(Assignment(message_id, gateway_id))
     return assignments
 
 

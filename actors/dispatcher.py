@@ -124,10 +124,9 @@ class Dispatcher:
         lost: dict[int, list[str]] = {}
         for row in rows:
             actor = self.registry.get(row["gateway_id"])
-            if actor is None or actor.close_reason is not None or actor.lease != row["lease"]:
+            if (actor is None or actor.close_reason is not None or actor.lease != row["lease"]
+                    or not actor.hand(row)):
                 lost.setdefault(row["gateway_id"], []).append(row["message_id"])
-                continue
-            await actor.deliver(row)
         self.on_dispatched(rows)
         for gateway_id, message_ids in lost.items():
             with trio.CancelScope(shield=True):

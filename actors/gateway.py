@@ -59,6 +59,12 @@ class GatewayActor:
     _send_lock: trio.Lock = attrs.Factory(trio.Lock)
     _closing: trio.Event = attrs.Factory(trio.Event)
     close_reason: str | None = None
+    # Messages handed over and not yet written to the socket; bounded by the in-flight window.
+    _outbound_send: trio.MemorySendChannel = attrs.field(init=False)
+    _outbound_receive: trio.MemoryReceiveChannel = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._outbound_send, self._outbound_receive = trio.open_memory_channel(WINDOW_UNLIMITED)
 
     @property
     def subscribed(self) -> bool:
@@ -90,6 +96,7 @@ class GatewayActor:
         self.last_frame_at = self.connected_at = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keepalive, nursery.cancel_scope)
+            nursery.start_soon(self._writer)
             await self._closing.wait()
             nursery.cancel_scope.cancel()
 
@@ -127,17 +134,30 @@ class GatewayActor:
                            online=self.close_reason is None, subscribed=self.subscribed and free > 0,
                            in_flight=len(self.in_flight), queue_depth=0, budget=available)
 
-    async def deliver(self, row: dict) -> None:
-        """Send one dispatched message to the phone as `send_sms` (at least once)."""
+    def hand(self, row: dict) -> bool:
+        """Take one dispatched message into this phone's outbound queue (never blocks); its
+        writer sends it as `send_sms`. False if the queue cannot take it (the caller requeues).
+
+        The dispatcher hands a whole batch over without waiting on any socket: each phone's
+        writer sends its own frames, so a batch goes out over all phones at once.
+        """
+        try:
+            self._outbound_send.send_nowait(row)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return False
         self.in_flight[row["message_id"]] = row["segments"]
         self.bucket.try_take(row["segments"], trio.current_time())
-        if self.identifier is None:
-            return
-        await self.send_frame(cable.message(self.identifier, {
-            "action": "send_sms", "message_id": row["message_id"], "recipient": row["phone_number"],
-            "message": row["body"], "segments": row["segments"],
-            "priority": {0: "high", 1: "normal", 2: "low"}.get(row.get("priority", 1), "normal"),
-        }))
+        return True
+
+    async def _writer(self) -> None:
+        async for row in self._outbound_receive:
+            if self.identifier is None or row["message_id"] not in self.in_flight:
+                continue  # unsubscribed, or settled/taken back meanwhile: the store has it
+            await self.send_frame(cable.message(self.identifier, {
+                "action": "send_sms", "message_id": row["message_id"], "recipient": row["phone_number"],
+                "message": row["body"], "segments": row["segments"],
+                "priority": {0: "high", 1: "normal", 2: "low"}.get(row.get("priority", 1), "normal"),
+            }))
 
     def settled(self, message_id: str) -> None:
         """The phone reported on this message: it no longer counts against the window."""

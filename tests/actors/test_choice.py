@@ -178,3 +178,37 @@ def test_even_spread_over_a_large_batch():
     for assignment in assignments:
         counts[assignment.gateway_id] += 1
     assert counts == {1: 100, 2: 100, 3: 100}
+
+
+def _plan_by_repeated_choice(messages, candidates):
+    """The reference: choose_gateway for each message in turn, updating the chosen view."""
+    import attrs as _attrs
+
+    views = list(candidates)
+    out = []
+    for message_id, segments, avoid in messages:
+        gateway_id = choose_gateway(views, segments, avoid=avoid)
+        if gateway_id is None:
+            continue
+        i = next(k for k, v in enumerate(views) if v.gateway_id == gateway_id)
+        views[i] = _attrs.evolve(views[i], queue_depth=views[i].queue_depth + 1,
+                                 budget=views[i].budget - segments)
+        out.append(Assignment(message_id, gateway_id))
+    return out
+
+
+def test_plan_batch_matches_repeated_choice_on_random_fleets():
+    import math
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        candidates = [GatewayView(gateway_id=g, priority=rng.choice([0, 1, 1, 2]), active=rng.random() > 0.1,
+                                  online=rng.random() > 0.1, subscribed=rng.random() > 0.1,
+                                  in_flight=rng.randrange(5), queue_depth=rng.randrange(3),
+                                  budget=rng.choice([math.inf, 0, 0.5, 1, 3, 10, 30]))
+                      for g in range(rng.randrange(0, 12))]
+        messages = [(f"m{i}", rng.choice([1, 1, 1, 2, 4]),
+                     frozenset({rng.randrange(12)}) if rng.random() < 0.3 else frozenset())
+                    for i in range(rng.randrange(0, 40))]
+        assert plan_batch(messages, candidates) == _plan_by_repeated_choice(messages, candidates)
