@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import random
 import signal
 from pathlib import Path
@@ -127,6 +126,7 @@ def build_node(settings: Settings, store) -> Node:
                             retry_delays=settings.sms_retry_delays)
     registry.changed = dispatcher.capacity_changed  # a phone here came, went or reported: this node's capacity
     node.gateways, node.dispatcher = registry, dispatcher
+    node.extra_actors.append(("keepalive", registry))  # pings and heartbeat timeouts, one ticker
     node.backplane = create_backplane(settings, registry=registry, wake_local=dispatcher.wake_local, store=store)
     dispatcher.broadcast = node.backplane.publish_wake
     node.limits = RateLimits.from_settings(settings, backplane=node.backplane)

@@ -64,7 +64,8 @@ class GatewayActor:
     _outbound_receive: trio.MemoryReceiveChannel = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._outbound_send, self._outbound_receive = trio.open_memory_channel(WINDOW_UNLIMITED)
+        # The window bounds the messages in it; the spare room is for pings.
+        self._outbound_send, self._outbound_receive = trio.open_memory_channel(WINDOW_UNLIMITED + 4)
 
     @property
     def subscribed(self) -> bool:
@@ -89,24 +90,27 @@ class GatewayActor:
         self._closing.set()
 
     async def run(self) -> None:
-        """Ping every 3 s and watch the heartbeat until the socket closes or `close` is called.
+        """Write the phone's outbound frames until the socket closes or `close` is called.
 
         Cancellation (the socket closed) ends it at once; cleanup belongs to the registry.
+        Pings and the heartbeat watch come from the registry's one ticker (`keepalive`).
         """
         self.last_frame_at = self.connected_at = trio.current_time()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._keepalive, nursery.cancel_scope)
             nursery.start_soon(self._writer)
             await self._closing.wait()
             nursery.cancel_scope.cancel()
 
-    async def _keepalive(self, scope: trio.CancelScope) -> None:
-        while True:
-            await trio.sleep(PING_INTERVAL)
-            if trio.current_time() - self.last_frame_at > HEARTBEAT_TIMEOUT:
-                self.close("heartbeat_timeout")
-                return
-            await self.send_frame(cable.ping(int(time.time())))
+    def keepalive(self, now: float, ping: str) -> None:
+        """One tick of the keepalive: close a phone silent past the heartbeat timeout, else
+        queue a ping (skipped when the queue is full: frames are going out anyway)."""
+        if now - self.last_frame_at > HEARTBEAT_TIMEOUT:
+            self.close("heartbeat_timeout")
+            return
+        try:
+            self._outbound_send.send_nowait(ping)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass
 
     def noticed(self) -> None:
         """Any frame from the phone proves it alive."""
@@ -151,6 +155,9 @@ class GatewayActor:
 
     async def _writer(self) -> None:
         async for row in self._outbound_receive:
+            if isinstance(row, str):  # a ready frame (a ping)
+                await self.send_frame(row)
+                continue
             if self.identifier is None or row["message_id"] not in self.in_flight:
                 continue  # unsubscribed, or settled/taken back meanwhile: the store has it
             await self.send_frame(cable.message(self.identifier, {
@@ -179,6 +186,18 @@ class GatewayRegistry:
     default_rate_per_minute: int
     _actors: dict[int, GatewayActor] = attrs.Factory(dict)
     changed: Callable[[], None] = lambda: None  # wakes the dispatcher
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The keepalive of every socket on this node: one ticker, not a task per phone.
+
+        Every 3 s each phone gets a ping (the Action Cable client reconnects after 6 s without
+        a frame) and a phone silent past the heartbeat timeout is closed."""
+        task_status.started()
+        while True:
+            await trio.sleep(PING_INTERVAL)
+            now, ping = trio.current_time(), cable.ping(int(time.time()))
+            for actor in list(self._actors.values()):
+                actor.keepalive(now, ping)
 
     def attach(self, actor: GatewayActor) -> GatewayActor | None:
         """Register `actor`; return the older actor of the same gateway it replaces, if any."""
