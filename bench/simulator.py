@@ -17,17 +17,14 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
-import hashlib
 import json
 import logging
 import math
 import random
 import signal
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import attrs
 import httpx
@@ -35,21 +32,19 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, connect_websocket_url
 
 from actors.backoff import exponential_delay
+from bench.fleet_keys import DEFAULT_KEYS_PATH, RegistrationFailed, register_phones, stored_phones  # noqa: F401
+from bench.fleet_stats import FleetStats, latencies, percentile  # noqa: F401
+from bench.frames import SUBPROTOCOLS, ServerFrame, classify, identifier_for, perform, subscribe  # noqa: F401
 
 __all__ = ["DEFAULT_KEYS_PATH", "FleetStats", "RegistrationFailed", "ServerFrame", "classify", "latencies",
            "percentile", "register_phones", "run_cli", "run_fleet", "stored_phones"]
 
 log = logging.getLogger("smsgw.simulator")
 
-DEFAULT_KEYS_PATH = Path("var/simulator-keys.json")
 STALE_AFTER = 6.0          # the JS client reconnects after 6 s without any frame
 HANDSHAKE_DEADLINE = 10.0  # welcome and confirm_subscription must come within this
 REMEMBERED = 10_000        # message_ids a phone remembers having reported, for repeats
 RECONNECT_BASE = 3.0       # seconds before the first reconnect, doubling up to 30 s
-
-
-class RegistrationFailed(Exception):
-    """The server refused a registration for a reason a retry will not fix."""
 
 
 class _StopForGood(Exception):
@@ -66,89 +61,6 @@ def _leaves(exc: BaseException):
             yield from _leaves(inner)
     else:
         yield exc
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) of `values`; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n * q / 100), at least 1
-    return ordered[min(int(rank), len(ordered)) - 1]
-
-
-def latencies(start: Mapping[str, float], end: Mapping[str, float]) -> list[float]:
-    """`end[id] - start[id]` for every message_id present in both."""
-    return [end[m] - start[m] for m in start.keys() & end.keys()]
-
-
-@attrs.define
-class FleetStats:
-    """What the phones saw, by message_id, on the `time.monotonic()` clock."""
-
-    arrived: dict[str, float] = attrs.Factory(dict)    # first send_sms frame for the id
-    delivered: dict[str, float] = attrs.Factory(dict)  # first `delivered` report sent
-    failed: dict[str, float] = attrs.Factory(dict)     # first `failed` report sent
-    handled_by: dict[str, str] = attrs.Factory(dict)   # message_id -> device that reported it
-    duplicates: int = 0       # send_sms frames for an id already seen by the fleet
-    connects: int = 0         # subscriptions confirmed, first ones and after reconnects
-    online: int = 0           # phones subscribed right now
-    stopped: int = 0          # phones told not to reconnect
-    heartbeats: int = 0
-    inbound: int = 0
-    held_reports: int = 0     # delivery reports that waited for a socket
-    _waiting: int = 0         # phones not yet subscribed once (nor stopped)
-    _all_up: trio.Event = attrs.Factory(trio.Event)
-
-    def record_arrival(self, message_id: str) -> bool:
-        """Note a send_sms frame; False when the fleet had seen this id before."""
-        if message_id in self.arrived:
-            self.duplicates += 1
-            return False
-        self.arrived[message_id] = time.monotonic()
-        return True
-
-    def record_report(self, message_id: str, status: str, device_id: str) -> None:
-        target = self.delivered if status == "delivered" else self.failed
-        if message_id not in target:
-            target[message_id] = time.monotonic()
-            self.handled_by[message_id] = device_id
-
-    def to_json(self) -> dict:
-        return {"arrived": self.arrived, "delivered": self.delivered, "failed": self.failed,
-                "handled_by": self.handled_by, "duplicates": self.duplicates, "connects": self.connects,
-                "stopped": self.stopped, "heartbeats": self.heartbeats, "inbound": self.inbound,
-                "held_reports": self.held_reports}
-
-    def summary(self) -> dict:
-        to_delivered = latencies(self.arrived, self.delivered)
-        return {"received": len(self.arrived), "delivered": len(self.delivered), "failed": len(self.failed),
-                "duplicates": self.duplicates, "connects": self.connects, "online": self.online,
-                "held_reports": self.held_reports,
-                "p50_arrival_to_delivered_ms": _ms(percentile(to_delivered, 50)),
-                "p99_arrival_to_delivered_ms": _ms(percentile(to_delivered, 99))}
-
-    @property
-    def settled(self) -> bool:
-        """Every phone has been subscribed once (or told to stop)."""
-        return self._all_up.is_set()
-
-    async def wait_settled(self) -> None:
-        await self._all_up.wait()
-
-    def _expect(self, phones: int) -> None:
-        self._waiting = phones
-        if phones == 0:
-            self._all_up.set()
-
-    def _settled_once(self) -> None:
-        self._waiting -= 1
-        if self._waiting <= 0:
-            self._all_up.set()
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
 
 
 async def run_fleet(url: str, gateways: int, *, delivery_ms: float = 200, fail_rate: float = 0.0,
@@ -181,87 +93,6 @@ async def run_fleet(url: str, gateways: int, *, delivery_ms: float = 200, fail_r
         await stats.wait_settled()
         log.info("%d phones subscribed (%d told to stop)", len(phones) - stats.stopped, stats.stopped)
         task_status.started(stats)
-
-
-async def register_phones(url: str, gateways: int, *, prefix: str, keys_path: Path,
-                          concurrency: int = 32) -> list[tuple[str, str]]:
-    """Register (or rotate the key of) `{prefix}-0000` ... ; return [(device_id, api_key)].
-
-    A device with a stored key re-registers with it as Bearer, which rotates the key. A
-    device_id taken by someone else (409 and no stored key that opens it) gets a new suffix,
-    with a warning. The key file is rewritten at the end, even when interrupted.
-    """
-    book = _load_keys(keys_path)
-    limiter = trio.CapacityLimiter(concurrency)
-    slots = [f"{prefix}-{i:04d}" for i in range(gateways)]
-
-    async def one(http: httpx.AsyncClient, index: int, slot: str) -> None:
-        async with limiter:
-            entry = book.get(slot) or {}
-            device_id, key = entry.get("device_id", slot), entry.get("api_key")
-            answer = await _register(http, device_id, f"Simulated phone {index}", key)
-            if answer is None:
-                fresh = f"{slot}-{random.getrandbits(24):06x}"
-                log.warning("%s is registered already and %s; registering as %s instead", device_id,
-                            "its stored key no longer opens it" if key else "no key for it is stored", fresh)
-                answer = await _register(http, fresh, f"Simulated phone {index}", None)
-                if answer is None:
-                    raise RegistrationFailed(f"{fresh}: 409 for a fresh device_id")
-            book[slot] = {"device_id": answer["device_id"], "api_key": answer["api_key"]}
-
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            async with trio.open_nursery() as nursery:
-                for index, slot in enumerate(slots):
-                    nursery.start_soon(one, http, index, slot)
-    finally:
-        _save_keys(keys_path, book)
-    return [(book[s]["device_id"], book[s]["api_key"]) for s in slots]
-
-
-def stored_phones(keys_path: Path, gateways: int, *, prefix: str) -> list[tuple[str, str]]:
-    """The first `gateways` phones of `prefix` in the key file, as registered earlier."""
-    book = _load_keys(keys_path)
-    slots = [f"{prefix}-{i:04d}" for i in range(gateways)]
-    missing = [s for s in slots if s not in book]
-    if missing:
-        raise RegistrationFailed(f"{len(missing)} phones of {prefix!r} have no stored key in {keys_path}")
-    return [(book[s]["device_id"], book[s]["api_key"]) for s in slots]
-
-
-async def _register(http: httpx.AsyncClient, device_id: str, name: str, key: str | None) -> dict | None:
-    """POST /register, waiting out 429s (within 10 minutes); None on 409."""
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    with trio.fail_after(600):
-        while True:
-            r = await http.post("/api/v1/gateway/register", json={"device_id": device_id, "name": name},
-                                headers=headers)
-            if r.status_code == 201:
-                return r.json()
-            if r.status_code == 409:
-                return None
-            if r.status_code != 429:
-                raise RegistrationFailed(f"{device_id}: HTTP {r.status_code} {r.text[:200]}")
-            wait = float(r.headers.get("Retry-After", "1") or 1)
-            log.warning("registration rate-limited; waiting %.0f s (RATE_LIMIT_REGISTER_PER_MINUTE)", wait)
-            await trio.sleep(max(0.2, wait))
-
-
-def _load_keys(path: Path) -> dict[str, dict]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return {}
-    return data.get("phones", {}) if isinstance(data, dict) else {}
-
-
-def _save_keys(path: Path, book: dict[str, dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"phones": book}, indent=1, sort_keys=True))
-    tmp.chmod(0o600)
-    tmp.replace(path)
 
 
 @attrs.frozen
@@ -483,59 +314,6 @@ class _Phone:
 
 
 # --- The client side of Action Cable, without I/O -------------------------------------
-
-SUBPROTOCOLS = ("actioncable-v1-json", "actioncable-unsupported")
-FRAME_KINDS = ("welcome", "ping", "confirm", "reject", "disconnect", "send_sms", "other")
-
-
-@attrs.frozen
-class ServerFrame:
-    """A server frame as a phone reads it; `kind` is one of FRAME_KINDS."""
-
-    kind: str
-    identifier: str = ""
-    reason: str = ""
-    reconnect: bool = False
-    payload: dict = attrs.field(factory=dict, hash=False)
-
-
-def classify(text: str | bytes) -> ServerFrame:
-    """What a server frame means to a phone; anything unexpected is `other` (never raises)."""
-    try:
-        frame = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        return ServerFrame("other")
-    if not isinstance(frame, dict):
-        return ServerFrame("other")
-    kind, ident = frame.get("type"), frame.get("identifier")
-    ident = ident if isinstance(ident, str) else ""
-    if kind in ("welcome", "ping"):
-        return ServerFrame(kind)
-    if kind in ("confirm_subscription", "reject_subscription"):
-        return ServerFrame(kind.split("_")[0], identifier=ident)
-    if kind == "disconnect":
-        # Like the JS client: only an explicit `reconnect: true` allows reconnecting.
-        return ServerFrame("disconnect", reason=str(frame.get("reason")), reconnect=frame.get("reconnect") is True)
-    message = frame.get("message")
-    if isinstance(message, dict) and message.get("action") == "send_sms" and isinstance(message.get("message_id"), str):
-        return ServerFrame("send_sms", identifier=ident, payload=message)
-    return ServerFrame("other")
-
-
-def identifier_for(key: str) -> str:
-    """The GatewayChannel identifier, serialised as `JSON.stringify` does."""
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    return json.dumps({"channel": "GatewayChannel", "api_key_digest": digest}, separators=(",", ":"))
-
-
-def subscribe(identifier: str) -> str:
-    return json.dumps({"command": "subscribe", "identifier": identifier})
-
-
-def perform(identifier: str, action: str, **data: object) -> str:
-    return json.dumps({"command": "message", "identifier": identifier,
-                       "data": json.dumps({"action": action, **data})})
-
 
 def run_cli(args: argparse.Namespace) -> int:
     """`smsgw simulate`: run the fleet until Ctrl-C (exit 0, with a summary); 1 when registration
