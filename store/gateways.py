@@ -6,12 +6,12 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from store import keys
-from store.messages import requeue, requeue_lease
+from store.messages import requeue, requeue_lease, take_back_stale
 from store.outbox import emit
 
 __all__ = [
     "DeviceTaken", "register", "heartbeat", "get", "get_by_device", "list_gateways",
-    "toggle", "update", "mark_offline", "pending_count", "reset_daily_counters",
+    "toggle", "update", "mark_online", "mark_offline", "pending_count", "reset_daily_counters",
     "orphan_candidates", "reclaim_orphans",
 ]
 
@@ -143,18 +143,44 @@ def requeue_unsent(conn: psycopg.Connection, gateway_id: int) -> int:
                    statuses=("queued", "dispatched"))
 
 
-def mark_offline(conn: psycopg.Connection, gateway_id: int) -> bool:
-    """Mark offline and requeue its in-flight messages; True when it was online.
+def mark_online(conn: psycopg.Connection, gateway: dict, lease: str) -> bool:
+    """A phone subscribed on connection `lease`: take back what its older connections held,
+    mark it online and, when it was offline, emit `gateway_online`; True in that case."""
+    take_back_stale(conn, gateway["id"], lease)
+    row = conn.execute(
+        "UPDATE gateways g SET status = 'online', last_heartbeat_at = now(), updated_at = now()"
+        " FROM (SELECT status FROM gateways WHERE id = %s FOR UPDATE) old WHERE g.id = %s"
+        " RETURNING old.status",
+        (gateway["id"], gateway["id"]),
+    ).fetchone()
+    came_online = row is not None and row["status"] != "online"
+    if came_online:
+        _emit_presence(conn, "gateway_online", gateway)
+    return came_online
+
+
+def mark_offline(conn: psycopg.Connection, gateway: dict) -> bool:
+    """Mark offline and requeue its unsent messages; when it was online, emit
+    `gateway_offline` and return True. The one way a gateway goes offline (socket closed,
+    health job, a dead node's sweep).
 
     Messages are locked before the gateway row, the order the report path takes."""
-    requeue_unsent(conn, gateway_id)
+    requeue_unsent(conn, gateway["id"])
     row = conn.execute(
         "UPDATE gateways g SET status = 'offline', updated_at = now()"
         " FROM (SELECT status FROM gateways WHERE id = %s FOR UPDATE) old"
         " WHERE g.id = %s RETURNING old.status",
-        (gateway_id, gateway_id),
+        (gateway["id"], gateway["id"]),
     ).fetchone()
-    return row is not None and row["status"] == "online"
+    went_offline = row is not None and row["status"] == "online"
+    if went_offline:
+        _emit_presence(conn, "gateway_offline", gateway)
+    return went_offline
+
+
+def _emit_presence(conn: psycopg.Connection, event: str, gateway: dict) -> None:
+    emit(conn, event, {"gateway_id": gateway["device_id"], "name": gateway["name"],
+                       "status": "online" if event == "gateway_online" else "offline"})
 
 
 def reset_daily_counters(conn: psycopg.Connection) -> None:
@@ -189,7 +215,6 @@ def reclaim_orphans(conn: psycopg.Connection, orphans: list[tuple[int, str]], go
     ).fetchall() if gone else []
     offline = []
     for row in rows:
-        if mark_offline(conn, row["id"]):
-            emit(conn, "gateway_offline", {"gateway_id": row["device_id"], "name": row["name"], "status": "offline"})
+        if mark_offline(conn, row):
             offline.append(row)
     return requeued, offline

@@ -16,7 +16,6 @@ import psycopg
 
 from store import gateways as gateways_store
 from store import messages as messages_store
-from store.outbox import emit
 
 __all__ = ["JobRun", "load_runs", "run_job", "mark_stale_gateways_offline", "queue_tick", "TickResult"]
 
@@ -81,9 +80,7 @@ def mark_stale_gateways_offline(conn: psycopg.Connection, live_ids: Collection[i
     ).fetchall()
     offline = []
     for gateway in stale:
-        if gateways_store.mark_offline(conn, gateway["id"]):
-            emit(conn, "gateway_offline", {"gateway_id": gateway["device_id"], "name": gateway["name"],
-                                           "status": "offline"})
+        if gateways_store.mark_offline(conn, gateway):
             offline.append(gateway)
     return offline
 

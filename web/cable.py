@@ -8,7 +8,6 @@ socket ends, whatever the actor still held goes back to the queue.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime, timezone
 
@@ -21,7 +20,6 @@ from actors.gateway import GatewayActor
 from store import gateways as gateways_store
 from store import keys as keys_store
 from store import messages as messages_store
-from store.outbox import emit
 from store.pool import StoreUnavailable
 from web import cable_protocol as cable
 from web.models import HeartbeatRequest, InboundRequest, StatusReportRequest
@@ -119,7 +117,7 @@ class _CableSession:
             await self.node.dispatcher.release(actor.gateway_id, actor.lease)
             # Offline only if no newer connection holds the phone, here or on another node.
             if last and await self.node.backplane.gateway_left(actor.gateway_id, actor.lease):
-                await self.node.store.run(_went_offline, self.gateway)
+                await self.node.store.run(gateways_store.mark_offline, self.gateway)
 
     async def _receive_loop(self, scope: trio.CancelScope) -> None:
         while True:
@@ -163,7 +161,7 @@ class _CableSession:
             return
         # Presence for the other nodes; one holding an older socket of this phone closes it.
         await self.node.backplane.gateway_attached(self.actor.gateway_id, self.actor.lease)
-        await self.node.store.run(_went_online, self.gateway, self.actor.lease)
+        await self.node.store.run(gateways_store.mark_online, self.gateway, self.actor.lease)
         self.actor.identifier = identifier
         await self.actor.send_frame(self.protocol.confirm(identifier))
         self.node.dispatcher.capacity_changed()
@@ -212,22 +210,3 @@ def _parse_time(text: str) -> datetime | str:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return text
-
-
-def _went_online(conn, gateway: dict, lease: str) -> None:
-    messages_store.take_back_stale(conn, gateway["id"], lease)
-    row = conn.execute(
-        "UPDATE gateways g SET status = 'online', last_heartbeat_at = now(), updated_at = now()"
-        " FROM (SELECT status FROM gateways WHERE id = %s FOR UPDATE) old WHERE g.id = %s"
-        " RETURNING old.status",
-        (gateway["id"], gateway["id"]),
-    ).fetchone()
-    if row is not None and row["status"] != "online":
-        emit(conn, "gateway_online", {"gateway_id": gateway["device_id"], "name": gateway["name"],
-                                      "status": "online"})
-
-
-def _went_offline(conn, gateway: dict) -> None:
-    if gateways_store.mark_offline(conn, gateway["id"]):
-        emit(conn, "gateway_offline", {"gateway_id": gateway["device_id"], "name": gateway["name"],
-                                       "status": "offline"})
