@@ -161,3 +161,13 @@ async def test_outbound_list_filters_by_reference_and_status(server):
     assert r["total"] == 2 and r["pages"] == 2 and len(r["messages"]) == 1
     bad = await server.http.get("/api/v1/sms?status=lost", headers=bearer(key))
     assert bad.status_code == 422 and bad.json()["error"].startswith("status:")
+
+
+async def test_bulk_with_both_messages_and_to_is_422(server):
+    key = server.client_key("sms")
+    r = await server.http.post("/api/v1/sms/send_bulk", headers=bearer(key), json={
+        "messages": [{"to": "+14155552671", "message": "x"}], "to": ["+14155552672"], "message": "y"})
+    assert r.status_code == 422 and r.json()["error"] == "messages: give either messages or to, not both"
+    r = await server.http.post("/api/v1/sms/send_bulk", headers=bearer(key), json={"to": ["+14155552672"]})
+    assert r.status_code == 422 and r.json()["error"] == "message: Field required with to"
+    assert server.sql("SELECT count(*) AS n FROM messages")[0]["n"] == 0

@@ -172,3 +172,11 @@ async def test_rate_limit_per_key(database_url):
         assert r.headers["RateLimit-Remaining"] == "0"
         ok = await node.http.get("/api/v1/sms/received", headers=bearer(other))
         assert ok.status_code == 200 and ok.headers["RateLimit-Limit"] == "3"
+
+
+async def test_idempotency_key_longer_than_255_is_422(server):
+    key = server.client_key("sms")
+    r = await server.http.post("/api/v1/sms/send", headers={**bearer(key), "Idempotency-Key": "k" * 256},
+                               json={"to": "+14155552671", "message": "hi"})
+    assert r.status_code == 422 and r.json()["error"].startswith("Idempotency-Key:")
+    assert server.sql("SELECT count(*) AS n FROM messages")[0]["n"] == 0
