@@ -55,8 +55,12 @@ class Sent:
     elapsed: float = 0.0
 
 
-async def send_messages(url: str, key: str, count: int, *, concurrency: int, rate: float | None) -> Sent:
-    """POST /api/v1/sms/send `count` times from `concurrency` workers, paced at `rate`/s if given."""
+async def send_messages(url: str, key: str, count: int, *, concurrency: int, rate: float | None,
+                        bulk: int = 0) -> Sent:
+    """POST /api/v1/sms/send `count` times from `concurrency` workers, paced at `rate`/s if given;
+    with `bulk`, POST /api/v1/sms/send_bulk with `bulk` entries a request instead."""
+    if bulk:
+        return await _send_bulk(url, key, count, concurrency=concurrency, per_request=bulk)
     sent = Sent()
     send, receive = trio.open_memory_channel(concurrency)
     host, port = url.removeprefix("http://").rsplit(":", 1)
@@ -89,6 +93,43 @@ async def send_messages(url: str, key: str, count: int, *, concurrency: int, rat
                     if rate:
                         await trio.sleep(max(0.0, started + i / rate - time.monotonic()))
                     await send.send(i)
+    sent.elapsed = (max(sent.accepted.values()) if sent.accepted else time.monotonic()) - started
+    return sent
+
+
+async def _send_bulk(url: str, key: str, count: int, *, concurrency: int, per_request: int) -> Sent:
+    """`count` messages through POST /api/v1/sms/send_bulk, `per_request` entries a request."""
+    sent = Sent()
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    starts = iter(range(0, count, per_request))
+
+    async def worker() -> None:
+        http = _JsonPoster(host, int(port), key)
+        for first in starts:
+            entries = [{"to": f"+1415555{i % 10_000:04d}", "message": f"bench message {i}"}
+                       for i in range(first, min(count, first + per_request))]
+            try:
+                status, answer = await http.post("/api/v1/sms/send_bulk", json.dumps({"messages": entries}).encode())
+            except (OSError, trio.BrokenResourceError, ValueError) as exc:
+                sent.errors[type(exc).__name__] += len(entries)
+                await http.close()
+                continue
+            if status != 202:
+                sent.errors[str(status)] += len(entries)
+                continue
+            now = time.monotonic()
+            for result in json.loads(answer)["results"]:
+                if "message_id" in result:
+                    sent.accepted[result["message_id"]] = now
+                else:
+                    sent.errors["refused entry"] += 1
+        await http.close()
+
+    started = time.monotonic()
+    with trio.fail_after(max(120.0, count / 20)):
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
     sent.elapsed = (max(sent.accepted.values()) if sent.accepted else time.monotonic()) - started
     return sent
 

@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="idle phones opening their socket at the same time (default 16)")
     p.add_argument("--idle-deadline", type=float, default=600.0,
                    help="seconds for every idle phone to subscribe; past it, measure what is up")
+    p.add_argument("--bulk", type=int, default=500, metavar="N",
+                   help="then the same messages through send_bulk, N entries a request (0 skips)")
     p.add_argument("--ceiling-seconds", type=float, default=5.0)
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the py-spy profile")
     p.add_argument("--keep-db", action="store_true", help="keep the benchmark database afterwards")
@@ -90,11 +92,15 @@ async def run_bench(opts: argparse.Namespace) -> dict:
                 count = max(500, min(opts.messages // 4, int(rate * 15)))
                 results["paced"] = await scenario_throughput(server, fleet, dsn, client_key, opts,
                                                              count=count, rate=rate)
+                if opts.bulk:
+                    results["bulk"] = await scenario_throughput(server, fleet, dsn, client_key, opts,
+                                                                bulk=opts.bulk)
                 if opts.profile:
                     results["profile"] = await scenario_profile(server, fleet, dsn, client_key, opts, work)
             stats = fleet.stats()
-            for name in ("throughput", "paced"):
-                results[name].update(match_latencies(results[name].pop("accepted_at"), stats))
+            for name in ("throughput", "paced", "bulk"):
+                if name in results:
+                    results[name].update(match_latencies(results[name].pop("accepted_at"), stats))
             results["fleet"] = {k: stats.get(k, 0) for k in ("duplicates", "connects", "held_reports")}
         results["ceiling"] = await scenario_ceiling(opts)
         if opts.idle_sockets:
@@ -108,12 +114,16 @@ async def run_bench(opts: argparse.Namespace) -> dict:
     return results
 
 
+BULK_SENDERS = 4  # concurrent send_bulk requests
+
+
 # --- Scenarios ------------------------------------------------------------------------------
 
 async def scenario_throughput(server: "Server", fleet: "Fleet", dsn: str, key: str, opts, *,
-                              count: int | None = None, rate: float | None = None) -> dict:
-    """Send `count` messages (as fast as the senders go, or paced at `rate`/s), wait until all
-    are delivered (or failed) in the database; accepted/s, delivered/s, RSS."""
+                              count: int | None = None, rate: float | None = None, bulk: int = 0) -> dict:
+    """Send `count` messages (as fast as the senders go, or paced at `rate`/s; through
+    `send_bulk` in requests of `bulk` entries if given), wait until all are delivered (or
+    failed) in the database; accepted/s, delivered/s, RSS."""
     count = count or opts.messages
     floor = await trio.to_thread.run_sync(_max_message_row, dsn)
     peak = _Peak(server.rss())
@@ -121,7 +131,8 @@ async def scenario_throughput(server: "Server", fleet: "Fleet", dsn: str, key: s
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_sample_rss, server, peak)
         wall_start = time.time()
-        sent = await send_messages(server.url, key, count, concurrency=opts.concurrency, rate=rate)
+        sent = await send_messages(server.url, key, count, rate=rate, bulk=bulk,
+                                   concurrency=BULK_SENDERS if bulk else opts.concurrency)
         cpu_figures = cpu.stop()
 
         def progressed() -> None:
@@ -134,7 +145,7 @@ async def scenario_throughput(server: "Server", fleet: "Fleet", dsn: str, key: s
     span = (done["last_delivered_epoch"] or time.time()) - wall_start
     cpu_pct, machine_busy = cpu_figures
     return {
-        "messages": count, "paced_rate": rate, "accepted": len(sent.accepted), "errors": dict(sent.errors),
+        "messages": count, "paced_rate": rate, "bulk": bulk, "accepted": len(sent.accepted), "errors": dict(sent.errors),
         "accepted_per_s": round(len(sent.accepted) / sent.elapsed, 1) if sent.elapsed else None,
         "delivered": done["delivered"], "failed": done["failed"], "timed_out": done["timed_out"],
         "delivered_per_s": round(done["delivered"] / span, 1) if span > 0 else None,
