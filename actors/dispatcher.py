@@ -139,25 +139,39 @@ class Dispatcher:
         never this gateway's message. Idempotent. With `retry_unavailable`, an unreachable
         database is retried with backoff until the caller's deadline (the socket path: the
         phone will not send it again); otherwise `StoreUnavailable` propagates (REST: 503)."""
-        report = reports_store.Report(gateway, message_id, status, error_message)
+        [outcome] = await self.report_many(gateway, [(message_id, status, error_message)],
+                                           retry_unavailable=retry_unavailable)
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+    async def report_many(self, gateway: dict, reports: list[tuple[str, str, str | None]], *,
+                          retry_unavailable: bool = False) -> list[reports_store.ReportOutcome | Exception]:
+        """Apply several reports of one phone, in order, in one group commit; one outcome each
+        (an `UnknownMessage` in the place of a report on a message never this gateway's)."""
+        batch = [reports_store.Report(gateway, message_id, status, error) for message_id, status, error in reports]
         # A phone does not resend a report, so a database hiccup is waited out (within the
         # caller's deadline) instead of dropping what the phone told us.
         delay = 0.1
         while True:
             try:
-                outcome = await self.reports.submit(report)
+                outcomes = await self.reports.submit_many(batch)
                 break
             except StoreUnavailable:
                 if not retry_unavailable:
                     raise
-                log.warning("report for %s waits for the database", message_id)
+                log.warning("%d report(s) of gateway %s wait for the database", len(batch), gateway["id"])
                 await trio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        self.metrics.reported(outcome.status, outcome.changed)
-        if status in ("sent", "delivered", "failed"):
-            self.registry.settled(gateway["id"], message_id)
-        if outcome.requeued:
+        requeued = False
+        for report, outcome in zip(batch, outcomes):
+            if isinstance(outcome, BaseException):
+                continue
+            self.metrics.reported(outcome.status, outcome.changed)
+            self.registry.settled(gateway["id"], report.message_id)
+            requeued |= outcome.requeued
+        if requeued:
             self.wake()
+        return outcomes
 
     def _retry_delay(self, attempt: int) -> float | None:
         return scheduled_delay(self.retry_delays, attempt, rand=self.rand)

@@ -30,9 +30,9 @@ R = TypeVar("R")
 
 @attrs.define(eq=False)
 class _Pending(Generic[T]):
-    item: T
+    items: list[T]
     done: trio.Event = attrs.Factory(trio.Event)
-    result: object = None
+    results: list[object] = attrs.Factory(list)
     error: BaseException | None = None
 
 
@@ -59,13 +59,27 @@ class GroupCommitter(Generic[T, R]):
         `trio.TooSlowError` after `timeout`. If the caller is cancelled after submitting, the
         item may still be committed (as with any write whose answer was lost).
         """
-        pending = _Pending(item)
+        [result] = await self.submit_many([item], timeout=timeout)
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[return-value]
+
+    async def submit_many(self, items: Sequence[T], *, timeout: float = 15.0) -> list[R | BaseException]:
+        """Write `items` together, in order, in the next group; return one result each (an
+        item's own error in its place). The batch's error (e.g. `StoreUnavailable`) or
+        `trio.TooSlowError` is raised: then none of them, or all of them, was committed.
+
+        One waiter for many items: a phone that reported twenty messages at once waits once.
+        """
+        if not items:
+            return []
+        pending = _Pending(list(items))
         with trio.fail_after(timeout):
             await self._send.send(pending)  # a full mailbox makes callers wait: back-pressure
             await pending.done.wait()
         if pending.error is not None:
             raise pending.error
-        return pending.result  # type: ignore[return-value]
+        return pending.results  # type: ignore[return-value]
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run the writer tasks until cancelled; a crash propagates to the supervisor."""
@@ -77,29 +91,33 @@ class GroupCommitter(Generic[T, R]):
     async def _writer(self) -> None:
         while True:
             batch = [await self._receive.receive()]
-            while len(batch) < self.max_batch:
+            size = len(batch[0].items)
+            while size < self.max_batch:
                 try:
                     batch.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
+                size += len(batch[-1].items)
             await self._commit(batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        items = [item for pending in batch for item in pending.items]
         try:
             # Shielded: once a batch is being written, its waiters must learn the outcome.
             with trio.CancelScope(shield=True):
-                results = await self.store.run(self.write_batch, [p.item for p in batch])
+                results = await self.store.run(self.write_batch, items)
         except Exception as exc:  # the whole transaction failed: nothing of it was committed
-            log.warning("%s: batch of %d failed: %s", self.name, len(batch), exc)
+            log.warning("%s: batch of %d failed: %s", self.name, len(items), exc)
             for pending in batch:
                 pending.error = exc
                 pending.done.set()
             return
+        if len(results) != len(items):
+            raise AssertionError(f"{self.name}: {len(results)} results for {len(items)} items")
         self.batches += 1
-        self.items += len(batch)
-        for pending, result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
-                pending.error = result
-            else:
-                pending.result = result
+        self.items += len(items)
+        at = 0
+        for pending in batch:
+            pending.results = list(results[at:at + len(pending.items)])
+            at += len(pending.items)
             pending.done.set()

@@ -162,7 +162,8 @@ def results_section(r: dict, opts) -> str:
     if prof and "skipped" not in prof:
         lines += ["", f"Profile (py-spy `--gil`, 200 Hz: {prof['samples']:,} samples holding the GIL, i.e. Python "
                       f"running, during a saturated run of "
-                      f"{prof['figures']['messages']:,} messages, {_num(prof['figures']['delivered_per_s'])} "
+                      f"{prof['figures']['messages']:,} messages"
+                      f"{' sent through send_bulk' if prof['figures'].get('bulk') else ''}, {_num(prof['figures']['delivered_per_s'])} "
                       "delivered/s under the profiler). GIL time by thread: "
                       + ", ".join(f"{k} {v} %" for k, v in prof["threads"]) + ".",
                   "",

@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bulk", type=int, default=500, metavar="N",
                    help="then the same messages through send_bulk, N entries a request (0 skips)")
     p.add_argument("--ceiling-seconds", type=float, default=5.0)
+    p.add_argument("--profile-messages", type=int, help="messages in the profiled run (default a quarter)")
+    p.add_argument("--profile-bulk", action="store_true", help="profile the send_bulk run, not single sends")
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the py-spy profile")
     p.add_argument("--keep-db", action="store_true", help="keep the benchmark database afterwards")
     p.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
@@ -169,7 +171,8 @@ async def scenario_profile(server: "Server", fleet: "Fleet", dsn: str, key: str,
         backends: collections.Counter = collections.Counter()
         async with trio.open_nursery() as sampling:
             sampling.start_soon(_sample_db_backends, dsn, backends)
-            figures = await scenario_throughput(server, fleet, dsn, key, opts, count=max(1_000, opts.messages // 4))
+            figures = await scenario_throughput(server, fleet, dsn, key, opts, count=opts.profile_messages or max(1_000, opts.messages // 4),
+                                                bulk=opts.bulk if opts.profile_bulk else 0)
             sampling.cancel_scope.cancel()
         spy.send_signal(signal.SIGINT)
         with trio.fail_after(30):

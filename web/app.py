@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 import quart_cors
-from quart import Response, current_app, request
+from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 

@@ -8,6 +8,7 @@ socket ends, whatever the actor still held goes back to the queue.
 
 from __future__ import annotations
 
+import collections
 import logging
 from datetime import datetime, timezone
 
@@ -28,6 +29,8 @@ __all__ = ["blueprint"]
 
 log = logging.getLogger("smsgw.cable")
 HANDLE_DEADLINE = 15.0  # one frame's effect: a store write through the group committer
+REPORT_BATCH = 500      # a phone's reports written in one group commit at most
+REPORT_BACKLOG = 1_000  # reports received and not yet written: past it, stop reading the socket
 RECONNECTING_REASONS = frozenset({"server_restart", "stalled", "heartbeat_timeout"})
 blueprint = Blueprint("cable", __name__)
 
@@ -79,6 +82,12 @@ class _CableSession:
         self.digest = digest
         self.socket = socket
         self.protocol = cable.CableConnection()
+        # Delivery reports received and not yet written. The receive loop only queues them and
+        # reads on; the reporter writes what has gathered in one group commit, so a phone's
+        # reports are never written one round trip at a time.
+        self._reports: collections.deque[tuple[str, str, str | None]] = collections.deque()
+        self._reports_arrived = trio.Event()
+        self._reports_room = trio.Event()
         registry = node.gateways
         self.actor = GatewayActor(
             gateway_id=gateway["id"], device_id=gateway["device_id"], send_text=socket.send,
@@ -93,6 +102,7 @@ class _CableSession:
             await actor.send_frame(cable.welcome())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_loop, nursery.cancel_scope)
+                nursery.start_soon(self._reporter)
                 await actor.run()
                 nursery.cancel_scope.cancel()
             if actor.close_reason is not None:
@@ -108,6 +118,9 @@ class _CableSession:
 
     async def _cleanup(self) -> None:
         actor, registry = self.actor, self.node.gateways
+        # Reports the phone sent before closing land before what it held goes back to the queue.
+        while self._reports:
+            await self._write_reports(self._take_reports())
         held = list(actor.in_flight)
         actor.in_flight.clear()
         last = registry.detach(actor)
@@ -130,10 +143,40 @@ class _CableSession:
             for reply in replies:
                 await self.actor.send_frame(reply)
             for event in events:
-                # A report the phone sent just before closing must land before the cleanup
+                # A frame the phone sent just before closing must take effect before the cleanup
                 # returns what the connection held to the queue: finish it, even if cancelled.
                 with trio.CancelScope(shield=True), trio.move_on_after(HANDLE_DEADLINE):
                     await self._handle(event)
+            while len(self._reports) >= REPORT_BACKLOG:  # the database is behind: stop reading
+                self._reports_room = trio.Event()
+                await self._reports_room.wait()
+
+    async def _reporter(self) -> None:
+        """Write the queued delivery reports, all that have gathered at a time, in order."""
+        while True:
+            if not self._reports:
+                self._reports_arrived = trio.Event()
+                await self._reports_arrived.wait()
+            await self._write_reports(self._take_reports())
+
+    def _take_reports(self) -> list[tuple[str, str, str | None]]:
+        batch = [self._reports.popleft() for _ in range(min(REPORT_BATCH, len(self._reports)))]
+        self._reports_room.set()
+        return batch
+
+    async def _write_reports(self, batch: list[tuple[str, str, str | None]]) -> None:
+        """Shielded: taken from the queue, they are written (or the database stayed away for
+        HANDLE_DEADLINE), even while the connection is being cancelled."""
+        with trio.CancelScope(shield=True), trio.move_on_after(HANDLE_DEADLINE) as scope:
+            outcomes = await self.node.dispatcher.report_many(self.gateway, batch, retry_unavailable=True)
+        if scope.cancelled_caught:
+            log.warning("gateway %s: %d report(s) not stored, database unavailable", self.actor.device_id,
+                        len(batch), extra={"device_id": self.actor.device_id})
+            return
+        for outcome in outcomes:
+            if isinstance(outcome, messages_store.UnknownMessage):
+                log.info("gateway %s: report for unknown message %s", self.actor.device_id, str(outcome)[:64],
+                         extra={"device_id": self.actor.device_id, "message_id": str(outcome)[:64]})
 
     async def _handle(self, event) -> None:
         match event:
@@ -178,8 +221,8 @@ class _CableSession:
                         signal_strength=body.signal_strength, messages_in_queue=body.messages_in_queue)
                 case "delivery_report":
                     body = StatusReportRequest.model_validate(data, context=context)
-                    await self.node.dispatcher.report(self.gateway, body.message_id, body.status,
-                                                      body.error_message, retry_unavailable=True)
+                    self._reports.append((body.message_id, body.status, body.error_message))
+                    self._reports_arrived.set()
                 case "message_received":
                     payload = dict(data)
                     if isinstance(payload.get("timestamp"), str):
@@ -194,9 +237,6 @@ class _CableSession:
         except ValidationError as exc:
             log.info("gateway %s: bad %s: %s", self.actor.device_id, action, exc.errors()[0]["msg"],
                      extra={"device_id": self.actor.device_id})
-        except messages_store.UnknownMessage as exc:
-            log.info("gateway %s: report for unknown message %s", self.actor.device_id, str(exc)[:64],
-                     extra={"device_id": self.actor.device_id, "message_id": str(exc)[:64]})
         except StoreUnavailable as exc:
             log.warning("gateway %s: %s not stored, database unavailable: %s", self.actor.device_id, action, exc,
                         extra={"device_id": self.actor.device_id})

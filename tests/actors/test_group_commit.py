@@ -96,3 +96,26 @@ async def test_send_answers_503_when_the_database_is_down(server):
     r = await server.http.post("/api/v1/sms/send", headers={"Authorization": f"Bearer {key}"},
                                json={"to": "+14155552671", "message": "hi"})
     assert r.status_code == 503 and "error" in r.json()
+
+
+async def test_submit_many_answers_each_item_in_order_beside_single_submits(database_url):
+    clean(database_url)
+    async with open_store(database_url) as store:
+        committer = GroupCommitter(store=store, write_batch=write_sends, max_batch=7)
+        groups: dict[int, list] = {}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(committer.run)
+
+            async def group(g):
+                groups[g] = await committer.submit_many([item(body=f"g{g}-{i}") for i in range(g)])
+
+            async with trio.open_nursery() as senders:
+                for g in range(1, 12):
+                    senders.start_soon(group, g)
+                senders.start_soon(committer.submit, item(body="single"))
+            assert await committer.submit_many([]) == []
+            nursery.cancel_scope.cancel()
+    stored = {r["message_id"]: r["body"] for r in sql(database_url, "SELECT message_id, body FROM messages")}
+    assert len(stored) == sum(range(1, 12)) + 1
+    for g, results in groups.items():
+        assert [stored[body["message_id"]] for body, _ in results] == [f"g{g}-{i}" for i in range(g)]

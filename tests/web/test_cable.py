@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
 
 import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from tests.conftest import identifier_for, phone, wait_for
+from tests.conftest import phone, wait_for
 from web import cable_protocol as cable
 
 NODE_DIR = os.path.join(os.path.dirname(__file__), "..", "node")
@@ -169,3 +168,25 @@ async def test_report_sent_just_before_closing_is_not_undone(server):
             raise AssertionError(f"resent after a delivered report: {again}")
     await wait_for(lambda: server.sql("SELECT 1 FROM messages WHERE message_id = %s AND status = 'delivered'",
                                       (sent["message_id"],)))
+
+
+async def test_a_burst_of_reports_is_written_in_a_few_group_commits_in_order(server):
+    client = server.client_key("sms")
+    key = await server.register("dev-1")
+    async with phone(server, key) as p:
+        sent = [await server.send(client, message=f"m{i}") for i in range(20)]
+        ids = [(await p.next_sms())["message_id"] for _ in sent]
+        assert sorted(ids) == sorted(s["message_id"] for s in sent)
+        before = server.node.dispatcher.reports.batches
+        for message_id in ids:  # 40 frames without waiting: the phone does not wait either
+            await p.report(message_id, "sent")
+            await p.report(message_id, "delivered")
+        await p.report(ids[0], "sent")  # a late repeat changes nothing
+        await wait_for(lambda: len(server.sql("SELECT 1 FROM messages WHERE status = 'delivered'")) == 20)
+        await wait_for(lambda: not server.node.gateways.get(1).in_flight)
+    # One socket's reports used to cost a commit each; now what gathered is written together.
+    assert server.node.dispatcher.reports.batches - before < 20
+    rows = server.sql("SELECT status, sent_at <= delivered_at AS ordered FROM messages")
+    assert all(r["status"] == "delivered" and r["ordered"] for r in rows)
+    counters = server.sql("SELECT messages_sent_today FROM gateways")
+    assert counters[0]["messages_sent_today"] == 20
