@@ -33,6 +33,8 @@ SEND_DEADLINE = 3 * PING_INTERVAL  # a socket that cannot take a frame for 3 pin
 HEARTBEAT_TIMEOUT = 120.0          # no frame from the phone for 2 minutes: close it
 WINDOW_LIMITED = 10                # messages handed to a rate-limited phone and not yet sent
 WINDOW_UNLIMITED = 200             # ... to a phone whose limit is lifted
+WRITE_BATCH = 64                   # frames written to a socket at once at most
+PRIORITY_NAMES = {0: "high", 1: "normal", 2: "low"}
 
 
 class Replaced(Exception):
@@ -47,6 +49,8 @@ class GatewayActor:
     active: bool
     priority: int
     bucket: TokenBucket
+    # Writes several frames with one socket write; without it, frames go one by one.
+    send_texts: Callable[[list[str]], Awaitable[None]] | None = None
     lease: str = attrs.Factory(lambda: new_public_id("conn_", 16))  # marks what this connection holds
     identifier: str | None = None  # the confirmed GatewayChannel subscription
     in_flight: dict[str, int] = attrs.Factory(dict)  # message_id -> segments
@@ -77,9 +81,18 @@ class GatewayActor:
 
     async def send_frame(self, text: str) -> None:
         """Send one frame, or close the actor when the socket cannot take it in time."""
+        await self.send_frames([text])
+
+    async def send_frames(self, texts: list[str]) -> None:
+        """Send frames in order (written together when `send_texts` can), or close the actor
+        when the socket cannot take them in time."""
         with trio.move_on_after(SEND_DEADLINE) as scope:
             async with self._send_lock:
-                await self.send_text(text)
+                if self.send_texts is not None:
+                    await self.send_texts(texts)
+                else:
+                    for text in texts:
+                        await self.send_text(text)
         if scope.cancelled_caught:
             self.close("stalled")
 
@@ -154,17 +167,28 @@ class GatewayActor:
         return True
 
     async def _writer(self) -> None:
-        async for row in self._outbound_receive:
-            if isinstance(row, str):  # a ready frame (a ping)
-                await self.send_frame(row)
-                continue
-            if self.identifier is None or row["message_id"] not in self.in_flight:
-                continue  # unsubscribed, or settled/taken back meanwhile: the store has it
-            await self.send_frame(cable.message(self.identifier, {
-                "action": "send_sms", "message_id": row["message_id"], "recipient": row["phone_number"],
-                "message": row["body"], "segments": row["segments"],
-                "priority": {0: "high", 1: "normal", 2: "low"}.get(row.get("priority", 1), "normal"),
-            }))
+        """Send what is handed over: all that has gathered at a time, as one write."""
+        while True:
+            items = [await self._outbound_receive.receive()]
+            while len(items) < WRITE_BATCH:
+                try:
+                    items.append(self._outbound_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            frames = [frame for frame in map(self._frame, items) if frame is not None]
+            if frames:
+                await self.send_frames(frames)
+
+    def _frame(self, item: str | dict) -> str | None:
+        if isinstance(item, str):  # a ready frame (a ping)
+            return item
+        if self.identifier is None or item["message_id"] not in self.in_flight:
+            return None  # unsubscribed, or settled/taken back meanwhile: the store has it
+        return cable.message(self.identifier, {
+            "action": "send_sms", "message_id": item["message_id"], "recipient": item["phone_number"],
+            "message": item["body"], "segments": item["segments"],
+            "priority": PRIORITY_NAMES.get(item.get("priority", 1), "normal"),
+        })
 
     def settled(self, message_id: str) -> None:
         """The phone reported on this message: it no longer counts against the window."""

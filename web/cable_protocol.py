@@ -36,9 +36,14 @@ SUBPROTOCOL = "actioncable-v1-json"
 """The only WebSocket subprotocol the server may select."""
 
 
+# One encoder and one decoder for every frame: `json.dumps`/`json.loads` with options build a
+# new one per call, which cost more than the frame itself.
+# ASCII output escapes lone surrogates, so any str identifier encodes to UTF-8.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _dump(obj: Any) -> str:
-    # ASCII output escapes lone surrogates, so any str identifier encodes to UTF-8.
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(obj)
 
 
 def welcome() -> str:
@@ -126,10 +131,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+
+
 def _loads(text: str) -> Any:
     """Strict JSON: no NaN/Infinity, no overflowing floats; raises ValueError."""
     try:
-        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        return _DECODER.decode(text)
     except RecursionError:
         raise _Invalid("nested too deeply") from None
 

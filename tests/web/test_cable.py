@@ -190,3 +190,20 @@ async def test_a_burst_of_reports_is_written_in_a_few_group_commits_in_order(ser
     assert all(r["status"] == "delivered" and r["ordered"] for r in rows)
     counters = server.sql("SELECT messages_sent_today FROM gateways")
     assert counters[0]["messages_sent_today"] == 20
+
+
+async def test_frames_handed_over_together_arrive_whole_and_in_order(server):
+    client = server.client_key("sms")
+    key = await server.register("dev-1")
+    async with phone(server, key) as p:
+        # The phone's frames are written with one socket write when they gather (Hypercorn's
+        # stream under Quart's websocket); a change of either library would show here.
+        assert server.node.gateways.get(1).send_texts is not None
+        r = await server.http.post("/api/v1/sms/send_bulk", headers=bearer(client), json={
+            "to": [f"+1415555{i:04d}" for i in range(150)], "message": "together ✓"})
+        assert r.status_code == 202
+        accepted = [e["message_id"] for e in r.json()["results"]]
+        got = [await p.next_sms() for _ in accepted]
+    assert [m["message_id"] for m in got] == accepted  # one round, in queue order
+    assert {m["message"] for m in got} == {"together ✓"}
+    assert [m["recipient"] for m in got] == [f"+1415555{i:04d}" for i in range(150)]
