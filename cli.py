@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 import attrs
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         import supervisor
 
+        # The database calls run on worker threads, which take the GIL back after every socket
+        # read; with the event loop busy each waits up to the switch interval (5 ms by default)
+        # per round trip. 0.5 ms keeps transactions short under load (bench: +5-10 % single sends).
+        sys.setswitchinterval(0.0005)
         try:
             trio.run(supervisor.serve, settings)
         except KeyboardInterrupt:
