@@ -160,17 +160,21 @@ def claim_for_dispatch(conn: psycopg.Connection, limit: int,
     chosen = dict(plan(due))
     if not chosen:
         return [], len(due)
-    ids = list(chosen)
-    gateway_ids = [chosen[m] for m in ids]
-    lease_ids = [leases[g] for g in gateway_ids]
-    rows = conn.execute(
+    planned = [row for row in due if row["message_id"] in chosen]
+    gateway_ids = [chosen[row["message_id"]] for row in planned]
+    # The rows are locked: the UPDATE changes each of them. What the caller needs is already in
+    # `due`, so nothing comes back but the count (no second row per message to build).
+    updated = conn.execute(
         "UPDATE messages m SET status = 'dispatched', gateway_id = a.gateway_id, lease = a.lease,"
         " dispatched_at = now(), attempts = m.attempts + 1, updated_at = now()"
-        " FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS a(message_id, gateway_id, lease)"
-        " WHERE m.message_id = a.message_id"
-        " RETURNING m.message_id, m.phone_number, m.body, m.segments, m.gateway_id, m.priority, m.lease",
-        (ids, gateway_ids, lease_ids),
-    ).fetchall()
+        " FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS a(id, gateway_id, lease)"
+        " WHERE m.id = a.id",
+        ([row["id"] for row in planned], gateway_ids, [leases[g] for g in gateway_ids]),
+    ).rowcount
+    if updated != len(planned):  # cannot happen to locked rows; never hand out what was not written
+        raise RuntimeError(f"claim: {updated} rows dispatched of {len(planned)} planned")
+    rows = [{**row, "gateway_id": gateway_id, "lease": leases[gateway_id]}
+            for row, gateway_id in zip(planned, gateway_ids)]
     return rows, len(due) - len(rows)
 
 

@@ -7,7 +7,7 @@ admin keys; inbound and gateway events go to every subscribed webhook.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Callable, Sequence
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -32,9 +32,11 @@ def emit(conn: psycopg.Connection, event: str, payload: dict, *, owner_key_id: i
     return emit_many(conn, [(event, payload, owner_key_id)])
 
 
-def emit_many(conn: psycopg.Connection, events: Sequence[tuple[str, dict, int | None]]) -> int:
+def emit_many(conn: psycopg.Connection,
+              events: Sequence[tuple[str, dict | Callable[[], dict], int | None]]) -> int:
     """Queue each `(event, payload, owner_key_id)` for the active webhooks subscribed to it, in
-    one statement; return how many deliveries were queued.
+    one statement; return how many deliveries were queued. A payload may be a function that
+    builds it, called only when someone subscribed to the event.
 
     With an owner key, only that key's webhooks and admin keys' webhooks get the event; with
     none (inbound SMS, gateway events), every subscribed webhook does.
@@ -55,6 +57,8 @@ def emit_many(conn: psycopg.Connection, events: Sequence[tuple[str, dict, int | 
         event_id = new_public_id("evt_")
         ids.append(event_id)
         names.append(event)
+        if callable(payload):
+            payload = payload()
         bodies.append(Jsonb({"event": event, "event_id": event_id, "timestamp": stamp, **payload}))
         owners.append(owner_key_id)
     cur = conn.execute(

@@ -61,3 +61,26 @@ async def test_a_deadlocked_transaction_is_retried_whole(database_url):
         assert await store.run(flaky) == "committed"
     assert len(tries) == 3
     assert sql(database_url, "SELECT value FROM daily_counters WHERE name = 'probe'") == [{"value": 1}]
+
+
+def test_stamps_written_are_the_ones_decide_computed(database_url):
+    """The short UPDATE for sent/delivered writes what `decide` gave, including a retried
+    message that kept the `sent_at` of an earlier attempt."""
+    setup(database_url)
+    earlier = "2026-01-01T00:00:00Z"
+    sql(database_url, "UPDATE messages SET sent_at = %s WHERE message_id IN ('msg_a', 'msg_b')", (earlier,))
+    p1, p2 = {"id": 1, "device_id": "p1"}, {"id": 2, "device_id": "p2"}
+    reports = [Report(p1, "msg_a", "sent"), Report(p1, "msg_a", "delivered"),  # sent again now
+               Report(p1, "msg_b", "delivered"),                                # keeps the earlier sent_at
+               Report(p2, "msg_c", "sent")]
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        conn.execute("SELECT set_config('smsgw.day_zone', 'UTC', false)")
+        apply_reports(conn, reports, max_attempts=1, retry_delay=lambda a: 0.0)
+        now = conn.execute("SELECT now() AS now").fetchone()["now"]
+        conn.commit()
+    rows = {r["message_id"]: r for r in sql(database_url, "SELECT * FROM messages")}
+    assert (rows["msg_a"]["status"], rows["msg_a"]["sent_at"], rows["msg_a"]["delivered_at"]) == ("delivered", now, now)
+    assert rows["msg_b"]["status"] == "delivered" and rows["msg_b"]["delivered_at"] == now
+    assert rows["msg_b"]["sent_at"].isoformat() == "2026-01-01T00:00:00+00:00"
+    assert (rows["msg_c"]["status"], rows["msg_c"]["sent_at"], rows["msg_c"]["delivered_at"]) == ("sent", now, None)
+    assert all(r["updated_at"] == now for r in rows.values())
