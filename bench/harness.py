@@ -238,10 +238,13 @@ class _CpuWatch:
     def start(cls, pids: dict[str, int]) -> "_CpuWatch":
         return cls(pids, time.monotonic(), {k: _process_cpu(p) for k, p in pids.items()}, *_machine_jiffies())
 
+    seconds: dict[str, float] = attrs.Factory(dict)  # CPU seconds of each process up to the last stop
+
     def stop(self) -> tuple[dict[str, float], float]:
         busy, total = _machine_jiffies()
         wall = time.monotonic() - self.wall
-        return ({k: round(100 * (_process_cpu(p) - self.used[k]) / wall, 1) for k, p in self.pids.items()},
+        self.seconds = {k: _process_cpu(p) - self.used[k] for k, p in self.pids.items()}
+        return ({k: round(100 * used / wall, 1) for k, used in self.seconds.items()},
                 round(100 * (busy - self.busy) / max(1, total - self.total), 1))
 
 

@@ -142,7 +142,8 @@ def results_section(r: dict, opts) -> str:
             f"p99 {_num(run['p99_accept_to_delivered_ms'])} ms. Server RSS {run['rss_before_mb']} → peak "
             f"{run['rss_peak_mb']} MB, {run['rss_after_mb']} MB after. CPU, % of one core: "
             + ", ".join(f"{k} {v}" for k, v in run["cpu_pct"].items())
-            + f"; the machine was {run['machine_busy_pct']} % busy (all processes, all cores).")
+            + f"; the machine was {run['machine_busy_pct']} % busy (all processes, all cores); "
+            f"server CPU {_num(run.get('server_cpu_ms_per_message'))} ms per message delivered.")
     lines.append(f"- (b) ceiling: bare trio-websocket relay, {ceiling['sockets']} sockets, client and server in two "
                  f"processes: {_num(ceiling['round_trips_per_s'])} round-trips/s over {ceiling['seconds']} s.")
     if idle:
