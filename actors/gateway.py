@@ -61,7 +61,7 @@ class GatewayActor:
     last_frame_at: float = 0.0
     connected_at: float = 0.0
     _send_lock: trio.Lock = attrs.Factory(trio.Lock)
-    _closing: trio.Event = attrs.Factory(trio.Event)
+    _run_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)  # `close` ends `run` through it
     close_reason: str | None = None
     # Messages handed over and not yet written to the socket; bounded by the in-flight window.
     _outbound_send: trio.MemorySendChannel = attrs.field(init=False)
@@ -100,19 +100,19 @@ class GatewayActor:
         """Ask the connection to end (idempotent); `run` returns and the socket closes."""
         if self.close_reason is None:
             self.close_reason = reason
-        self._closing.set()
+        self._run_scope.cancel()
 
     async def run(self) -> None:
         """Write the phone's outbound frames until the socket closes or `close` is called.
 
         Cancellation (the socket closed) ends it at once; cleanup belongs to the registry.
-        Pings and the heartbeat watch come from the registry's one ticker (`keepalive`).
+        Pings and the heartbeat watch come from the registry's one ticker (`keepalive`). The
+        writer runs in this task (no task of its own: thousands of idle phones each keep one
+        task fewer), and `close` cancels it.
         """
         self.last_frame_at = self.connected_at = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._writer)
-            await self._closing.wait()
-            nursery.cancel_scope.cancel()
+        with self._run_scope:
+            await self._writer()
 
     def keepalive(self, now: float, ping: str) -> None:
         """One tick of the keepalive: close a phone silent past the heartbeat timeout, else

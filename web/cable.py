@@ -92,6 +92,8 @@ class _CableSession:
         self._reports: collections.deque[tuple[str, str, str | None]] = collections.deque()
         self._reports_arrived = trio.Event()
         self._reports_room = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._reporting = False
         registry = node.gateways
         self.actor = GatewayActor(
             gateway_id=gateway["id"], device_id=gateway["device_id"], send_text=socket.send,
@@ -106,8 +108,8 @@ class _CableSession:
         try:
             await actor.send_frame(cable.welcome())
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery  # the reporter starts there with the first report
                 nursery.start_soon(self._receive_loop, nursery.cancel_scope)
-                nursery.start_soon(self._reporter)
                 await actor.run()
                 nursery.cancel_scope.cancel()
             if actor.close_reason is not None:
@@ -171,6 +173,9 @@ class _CableSession:
             return True
         self._reports.append((body.message_id, body.status, body.error_message))
         self._reports_arrived.set()
+        if not self._reporting:  # a phone that never reports (an idle one) costs no task for it
+            self._reporting = True
+            self._nursery.start_soon(self._reporter)
         return True
 
     async def _reporter(self) -> None:
