@@ -36,7 +36,7 @@ from config import Settings, ensure_secret
 from store.migrate import apply_migrations
 from store.pool import StoreUnavailable, open_store
 from store.sends import write_sends
-from web.app import create_app
+from web.app import create_asgi
 from web.ratelimit import RateLimits
 
 __all__ = ["NodeDown", "serve", "supervise", "database_url"]
@@ -170,7 +170,7 @@ async def serve(settings: Settings, *, dsn: str | None = None, shutdown: trio.Ev
         node.started_at = trio.current_time()
         if node_ready is not None:
             node_ready(node)
-        app = create_app(node)
+        app = create_asgi(node)
         async with trio.open_nursery() as tree:
             if install_signals:
                 tree.start_soon(_watch_signals, shutdown)

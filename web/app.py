@@ -18,7 +18,7 @@ from web import metrics as metrics_web
 from web.errors import ApiError
 from web.openapi import DOCS_PAGE, build_spec
 
-__all__ = ["create_app", "MAX_BODY_BYTES"]
+__all__ = ["create_app", "create_asgi", "MAX_BODY_BYTES"]
 
 log = logging.getLogger("smsgw.web")
 MAX_BODY_BYTES = 64 * 1024            # every JSON endpoint (web/requests.py enforces it)
@@ -26,14 +26,28 @@ MAX_BULK_BODY_BYTES = 1024 * 1024     # sms/send_bulk; the server refuses anythi
 EXPOSED_HEADERS = ["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
 
 
+def create_asgi(node: Node):
+    """What the server runs for `node`: `/cable` WebSockets go straight to the cable (no Quart
+    layer per frame, see web/cable_socket.py), everything else to the Quart app."""
+    app = create_app(node)
+
+    async def serve(scope, receive, send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == cable.PATH:
+            await cable.serve_cable(node, scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return serve
+
+
 def create_app(node: Node) -> QuartTrio:
-    """The app serving REST and `/cable` for `node`."""
+    """The Quart app serving REST (and the dashboard) for `node`."""
     app = QuartTrio("smsgw")
     app.config.update(NODE=node, MAX_CONTENT_LENGTH=MAX_BULK_BODY_BYTES, PROVIDE_AUTOMATIC_OPTIONS=True,
                       JSON_SORT_KEYS=False)
     app.json.sort_keys = False
     for blueprint in (gateway_api.blueprint, sms_api.blueprint, outbound_api.blueprint, otp_api.blueprint, admin_api.blueprint,
-                      webhooks_api.blueprint, cable.blueprint, metrics_web.blueprint, dashboard.blueprint):
+                      webhooks_api.blueprint, metrics_web.blueprint, dashboard.blueprint):
         app.register_blueprint(blueprint)
     app.after_request(metrics_web.count_request)  # smsgw_http_requests_total{route,method,status}
 

@@ -13,13 +13,7 @@ import logging
 from datetime import datetime, timezone
 
 import trio
-from hypercorn.protocol.events import Data
-from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from pydantic import ValidationError
-from wsproto.events import TextMessage
-from wsproto.utilities import LocalProtocolError
-from quart import Blueprint, current_app, websocket
-from quart_cors import cors_exempt
 
 from actors.gateway import GatewayActor
 from store import gateways as gateways_store
@@ -27,54 +21,61 @@ from store import keys as keys_store
 from store import messages as messages_store
 from store.pool import StoreUnavailable
 from web import cable_protocol as cable
+from web.cable_socket import AsgiSocket
 from web.models import HeartbeatRequest, InboundRequest, StatusReportRequest
 
-__all__ = ["blueprint"]
+__all__ = ["PATH", "serve_cable"]
 
 log = logging.getLogger("smsgw.cable")
+PATH = "/cable"
 HANDLE_DEADLINE = 15.0  # one frame's effect: a store write through the group committer
 REPORT_BATCH = 500      # a phone's reports written in one group commit at most
 REPORT_BACKLOG = 1_000  # reports received and not yet written: past it, stop reading the socket
 RECONNECTING_REASONS = frozenset({"server_restart", "stalled", "heartbeat_timeout"})
-blueprint = Blueprint("cable", __name__)
 
 
-def _presented_key() -> str | None:
-    key = websocket.args.get("api_key")
+def _presented_key(socket: AsgiSocket) -> str | None:
+    key = socket.query("api_key")
     if key:
         return key
-    scheme, _, value = websocket.headers.get("Authorization", "").partition(" ")
+    scheme, _, value = (socket.header("Authorization") or "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def _origin_allowed(allowed: tuple[str, ...]) -> bool:
-    origin = websocket.headers.get("Origin")
+def _origin_allowed(socket: AsgiSocket, allowed: tuple[str, ...]) -> bool:
+    """Phones send no Origin; a browser's is checked, the Action Cable way."""
+    origin = socket.header("Origin")
     return origin is None or allowed == ("*",) or origin.rstrip("/") in allowed
 
 
-@blueprint.websocket("/cable")
-@cors_exempt  # phones send no Origin; a present one is checked below, the Action Cable way
-async def cable_endpoint():
-    node = current_app.config["NODE"]
-    presented = _presented_key()
+async def serve_cable(node, scope: dict, receive, send) -> None:
+    """One `/cable` WebSocket connection (an ASGI application for its scope)."""
+    socket = AsgiSocket(scope, receive, send)
+    try:
+        await _serve(node, socket)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await socket.close(1000)
+
+
+async def _serve(node, socket: AsgiSocket) -> None:
+    presented = _presented_key(socket)
     key = None
     if presented and presented.startswith(keys_store.GATEWAY_PREFIX) and len(presented) < 200:
         key = await node.keys.lookup(presented)
-    await websocket.accept(subprotocol=cable.SUBPROTOCOL
-                           if cable.SUBPROTOCOL in websocket.requested_subprotocols else None)
-    if key is None or key.kind != "gateway" or not _origin_allowed(node.settings.allowed_origins):
+    subprotocol = cable.SUBPROTOCOL if cable.SUBPROTOCOL in socket.requested_subprotocols else None
+    if not await socket.accept(subprotocol):
+        return
+    if key is None or key.kind != "gateway" or not _origin_allowed(socket, node.settings.allowed_origins):
         reason = "unauthorized" if key is None or key.kind != "gateway" else "invalid_request"
         log.info("cable refused (%s)", reason)
-        await websocket.send(cable.disconnect(reason, reconnect=False))
-        await websocket.close(1000)
+        await socket.send(cable.disconnect(reason, reconnect=False))
         return
     gateway = await node.store.run(gateways_store.get, key.gateway_id)
     if gateway is None:
-        await websocket.send(cable.disconnect("unauthorized", reconnect=False))
-        await websocket.close(1000)
+        await socket.send(cable.disconnect("unauthorized", reconnect=False))
         return
-    session = _CableSession(node, gateway, cable.api_key_digest(presented), websocket._get_current_object())
-    await session.run()
+    await _CableSession(node, gateway, cable.api_key_digest(presented), socket).run()
 
 
 class _CableSession:
@@ -97,7 +98,7 @@ class _CableSession:
         registry = node.gateways
         self.actor = GatewayActor(
             gateway_id=gateway["id"], device_id=gateway["device_id"], send_text=socket.send,
-            send_texts=_batch_writer(socket),
+            send_texts=socket.send_many,
             active=gateway["active"], priority=gateway["priority"],
             bucket=registry.bucket_for(gateway["send_rate_per_minute"], trio.current_time()))
 
@@ -118,7 +119,6 @@ class _CableSession:
                 reconnect = actor.close_reason in RECONNECTING_REASONS
                 with trio.move_on_after(1):
                     await self.socket.send(cable.disconnect(actor.close_reason, reconnect=reconnect))
-                    await self.socket.close(1000)
         finally:
             with trio.CancelScope(shield=True):
                 await self._cleanup()
@@ -142,6 +142,9 @@ class _CableSession:
     async def _receive_loop(self, scope: trio.CancelScope) -> None:
         while True:
             data = await self.socket.receive()
+            if data is None:  # the phone went away: end the connection
+                scope.cancel()
+                return
             self.actor.noticed()
             if isinstance(data, bytes):
                 events, replies = self.protocol.receive_bytes(data)
@@ -266,33 +269,6 @@ class _CableSession:
         except ValueError as exc:
             log.info("gateway %s: bad %s: %s", self.actor.device_id, action, exc,
                      extra={"device_id": self.actor.device_id})
-
-
-def _batch_writer(socket):
-    """A function writing several text frames to `socket` with one write, or None.
-
-    Quart writes a frame at a time, each through Hypercorn's whole send path (an ASGI event, a
-    lock, a cancel scope, a socket write): most of a busy phone's cost. When Quart's websocket
-    sits on Hypercorn's `WSStream` (the pinned versions; the tests run on it), the frames are
-    framed by the stream's own wsproto connection and written as one `Data` event, which is
-    what Hypercorn does for each frame. Otherwise None, and frames go one by one.
-    """
-    send = getattr(getattr(socket, "_send", None), "args", (None,))[0]
-    stream = getattr(send, "__self__", None)
-    if not isinstance(stream, WSStream):
-        return None
-
-    async def write(texts: list[str]) -> None:
-        await socket.accept()
-        if stream.closed or stream.state != ASGIWebsocketState.CONNECTED:
-            return  # closing: Hypercorn drops frames sent after close the same way
-        try:
-            data = b"".join([stream.connection.send(TextMessage(data=text)) for text in texts])
-        except LocalProtocolError:
-            return
-        await stream.send(Data(stream_id=stream.stream_id, data=data))
-
-    return write
 
 
 def _parse_time(text: str) -> datetime | str:

@@ -207,3 +207,22 @@ async def test_frames_handed_over_together_arrive_whole_and_in_order(server):
     assert [m["message_id"] for m in got] == accepted  # one round, in queue order
     assert {m["message"] for m in got} == {"together ✓"}
     assert [m["recipient"] for m in got] == [f"+1415555{i:04d}" for i in range(150)]
+
+
+async def test_the_server_closes_normally_and_a_dropped_phone_leaves_cleanly(server):
+    from trio_websocket import ConnectionClosed
+
+    async with open_websocket_url(f"{server.ws_url}?api_key=gw_live_wrong", subprotocols=[cable.SUBPROTOCOL]) as ws:
+        assert json.loads(await ws.get_message())["reason"] == "unauthorized"
+        with pytest.raises(ConnectionClosed):
+            await ws.get_message()
+        assert ws.closed.code == 1000  # a normal close, not Hypercorn's 1011 for an app that just returned
+    key = await server.register("dev-1")
+    async with phone(server, key):
+        await wait_for(lambda: server.node.gateways.get(1) is not None)
+    # The phone closed its side: the connection ends, the gateway goes offline, nothing is held.
+    await wait_for(lambda: server.node.gateways.get(1) is None)
+    await wait_for(lambda: server.sql("SELECT 1 FROM gateways WHERE id = 1 AND status = 'offline'"))
+    # Plain HTTP on the WebSocket path is not an API route.
+    r = await server.http.get("/cable")
+    assert r.status_code == 404 and "error" in r.json()

@@ -1,0 +1,95 @@
+"""The `/cable` WebSocket straight on ASGI: text frames in and out, without Quart's layer.
+
+Every phone holds one of these for hours, and every message crosses it three times (a
+`send_sms` out, `sent` and `delivered` in). Quart's websocket adds, per connection, a request
+context, a queue and a task that moves each frame from the server's queue into its own; here
+a frame is read from Hypercorn's queue by the connection itself. `web/app.py` routes the
+WebSocket scope of `/cable` here and everything else to Quart.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+from urllib.parse import parse_qs
+
+import attrs
+from hypercorn.protocol.events import Data
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
+from wsproto.events import TextMessage
+from wsproto.utilities import LocalProtocolError
+
+__all__ = ["AsgiSocket"]
+
+
+@attrs.define(eq=False)
+class AsgiSocket:
+    scope: dict
+    _receive: Callable[[], Awaitable[dict]]
+    _send: Callable[[dict], Awaitable[None]]
+    connected: bool = True   # False once the client went away (or never completed the handshake)
+    _closed: bool = False    # our close was sent
+
+    def query(self, name: str) -> str | None:
+        values = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get(name)
+        return values[0] if values else None
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.scope.get("headers", ()):
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
+
+    @property
+    def requested_subprotocols(self) -> list[str]:
+        return list(self.scope.get("subprotocols", ()))
+
+    async def accept(self, subprotocol: str | None) -> bool:
+        """Complete the handshake; False if the client left before it."""
+        event = await self._receive()
+        if event["type"] != "websocket.connect":
+            self.connected = False
+            return False
+        await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
+        return True
+
+    async def receive(self) -> str | bytes | None:
+        """The next frame, or None once the client is gone."""
+        if not self.connected:
+            return None
+        event = await self._receive()
+        if event["type"] == "websocket.receive":
+            text = event.get("text")
+            return text if text is not None else event.get("bytes", b"")
+        self.connected = False  # websocket.disconnect
+        return None
+
+    async def send(self, text: str) -> None:
+        if self.connected and not self._closed:
+            await self._send({"type": "websocket.send", "text": text})
+
+    async def send_many(self, texts: list[str]) -> None:
+        """Several frames with one socket write where the server allows it (Hypercorn's
+        `WSStream`, the pinned version: the frames are framed by the stream's own wsproto
+        connection and written as one `Data` event, as Hypercorn does for each frame);
+        otherwise one at a time."""
+        stream = getattr(self._send, "__self__", None)
+        if not isinstance(stream, WSStream):
+            for text in texts:
+                await self.send(text)
+            return
+        if self._closed or stream.closed or stream.state != ASGIWebsocketState.CONNECTED:
+            return  # closing: Hypercorn drops frames sent after close the same way
+        try:
+            data = b"".join([stream.connection.send(TextMessage(data=text)) for text in texts])
+        except LocalProtocolError:
+            return
+        await stream.send(Data(stream_id=stream.stream_id, data=data))
+
+    async def close(self, code: int = 1000) -> None:
+        """Close once; a no-op when already closed or the client is gone."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.connected:
+            await self._send({"type": "websocket.close", "code": code})
