@@ -9,6 +9,7 @@ reads capacity from it and hands messages to it, admin routes read live health f
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ HEARTBEAT_TIMEOUT = 120.0          # no frame from the phone for 2 minutes: clos
 WINDOW_LIMITED = 10                # messages handed to a rate-limited phone and not yet sent
 WINDOW_UNLIMITED = 200             # ... to a phone whose limit is lifted
 WRITE_BATCH = 64                   # frames written to a socket at once at most
+OUTBOUND_LIMIT = WINDOW_UNLIMITED + 4  # queued messages stay within the window; the rest is for pings
 PRIORITY_NAMES = {0: "high", 1: "normal", 2: "low"}
 
 
@@ -60,16 +62,13 @@ class GatewayActor:
     last_heartbeat_at: datetime | None = None
     last_frame_at: float = 0.0
     connected_at: float = 0.0
-    _send_lock: trio.Lock = attrs.Factory(trio.Lock)
     _run_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)  # `close` ends `run` through it
     close_reason: str | None = None
-    # Messages handed over and not yet written to the socket; bounded by the in-flight window.
-    _outbound_send: trio.MemorySendChannel = attrs.field(init=False)
-    _outbound_receive: trio.MemoryReceiveChannel = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        # The window bounds the messages in it; the spare room is for pings.
-        self._outbound_send, self._outbound_receive = trio.open_memory_channel(WINDOW_UNLIMITED + 4)
+    # Frames and messages handed over and not yet written, in order; `run` alone writes them
+    # (so no lock), and wakes on `_outbound_ready`. Plain, small structures: an idle phone
+    # holds little more than its socket.
+    _outbound: collections.deque = attrs.Factory(collections.deque)
+    _outbound_ready: trio.Event | None = None
 
     @property
     def subscribed(self) -> bool:
@@ -79,20 +78,24 @@ class GatewayActor:
     def window(self) -> int:
         return WINDOW_UNLIMITED if self.bucket.unlimited else WINDOW_LIMITED
 
-    async def send_frame(self, text: str) -> None:
-        """Send one frame, or close the actor when the socket cannot take it in time."""
-        await self.send_frames([text])
+    def queue(self, text: str) -> None:
+        """Queue a ready frame (welcome, a subscription answer) behind what is queued."""
+        self._outbound.append(text)
+        self._wake_writer()
 
-    async def send_frames(self, texts: list[str]) -> None:
+    def _wake_writer(self) -> None:
+        if self._outbound_ready is not None:
+            self._outbound_ready.set()
+
+    async def _write(self, texts: list[str]) -> None:
         """Send frames in order (written together when `send_texts` can), or close the actor
         when the socket cannot take them in time."""
         with trio.move_on_after(SEND_DEADLINE) as scope:
-            async with self._send_lock:
-                if self.send_texts is not None:
-                    await self.send_texts(texts)
-                else:
-                    for text in texts:
-                        await self.send_text(text)
+            if self.send_texts is not None:
+                await self.send_texts(texts)
+            else:
+                for text in texts:
+                    await self.send_text(text)
         if scope.cancelled_caught:
             self.close("stalled")
 
@@ -120,10 +123,9 @@ class GatewayActor:
         if now - self.last_frame_at > HEARTBEAT_TIMEOUT:
             self.close("heartbeat_timeout")
             return
-        try:
-            self._outbound_send.send_nowait(ping)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            pass
+        if len(self._outbound) < OUTBOUND_LIMIT:
+            self._outbound.append(ping)
+            self._wake_writer()
 
     def noticed(self) -> None:
         """Any frame from the phone proves it alive."""
@@ -158,26 +160,27 @@ class GatewayActor:
         The dispatcher hands a whole batch over without waiting on any socket: each phone's
         writer sends its own frames, so a batch goes out over all phones at once.
         """
-        try:
-            self._outbound_send.send_nowait(row)
-        except (trio.WouldBlock, trio.ClosedResourceError):
+        if len(self._outbound) >= OUTBOUND_LIMIT or self.close_reason is not None:
             return False
+        self._outbound.append(row)
+        self._wake_writer()
         self.in_flight[row["message_id"]] = row["segments"]
         self.bucket.try_take(row["segments"], trio.current_time())
         return True
 
     async def _writer(self) -> None:
         """Send what is handed over: all that has gathered at a time, as one write."""
+        outbound = self._outbound
         while True:
-            items = [await self._outbound_receive.receive()]
-            while len(items) < WRITE_BATCH:
-                try:
-                    items.append(self._outbound_receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
+            if not outbound:
+                self._outbound_ready = trio.Event()
+                await self._outbound_ready.wait()
+                self._outbound_ready = None
+                continue
+            items = [outbound.popleft() for _ in range(min(WRITE_BATCH, len(outbound)))]
             frames = [frame for frame in map(self._frame, items) if frame is not None]
             if frames:
-                await self.send_frames(frames)
+                await self._write(frames)
 
     def _frame(self, item: str | dict) -> str | None:
         if isinstance(item, str):  # a ready frame (a ping)

@@ -90,11 +90,11 @@ class _CableSession:
         # Delivery reports received and not yet written. The receive loop only queues them and
         # reads on; the reporter writes what has gathered in one group commit, so a phone's
         # reports are never written one round trip at a time.
-        self._reports: collections.deque[tuple[str, str, str | None]] = collections.deque()
-        self._reports_arrived = trio.Event()
-        self._reports_room = trio.Event()
+        # (Made with the first report: an idle phone holds none of it.)
+        self._reports: collections.deque[tuple[str, str, str | None]] | None = None
+        self._reports_arrived: trio.Event | None = None  # the reporter waits on it
+        self._reports_room: trio.Event | None = None     # the receive loop waits on it
         self._nursery: trio.Nursery | None = None
-        self._reporting = False
         registry = node.gateways
         self.actor = GatewayActor(
             gateway_id=gateway["id"], device_id=gateway["device_id"], send_text=socket.send,
@@ -107,7 +107,7 @@ class _CableSession:
         registry.attach(actor)
         log.info("gateway %s connected", actor.device_id, extra={"device_id": actor.device_id})
         try:
-            await actor.send_frame(cable.welcome())
+            actor.queue(cable.welcome())
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery  # the reporter starts there with the first report
                 nursery.start_soon(self._receive_loop, nursery.cancel_scope)
@@ -151,7 +151,7 @@ class _CableSession:
             else:
                 events, replies = self.protocol.receive(data)
             for reply in replies:
-                await self.actor.send_frame(reply)
+                self.actor.queue(reply)
             for event in events:
                 if self._queue_report(event):  # the busiest frame: queued at once, no awaiting
                     continue
@@ -159,7 +159,8 @@ class _CableSession:
                 # returns what the connection held to the queue: finish it, even if cancelled.
                 with trio.CancelScope(shield=True), trio.move_on_after(HANDLE_DEADLINE):
                     await self._handle(event)
-            while len(self._reports) >= REPORT_BACKLOG:  # the database is behind: stop reading
+            # The database is behind this phone's reports: stop reading until they are written.
+            while self._reports and len(self._reports) >= REPORT_BACKLOG:
                 self._reports_room = trio.Event()
                 await self._reports_room.wait()
 
@@ -174,11 +175,12 @@ class _CableSession:
             log.info("gateway %s: bad delivery_report: %s", self.actor.device_id, exc.errors()[0]["msg"],
                      extra={"device_id": self.actor.device_id})
             return True
-        self._reports.append((body.message_id, body.status, body.error_message))
-        self._reports_arrived.set()
-        if not self._reporting:  # a phone that never reports (an idle one) costs no task for it
-            self._reporting = True
+        if self._reports is None:  # a phone that never reports (an idle one) costs no task for it
+            self._reports = collections.deque()
             self._nursery.start_soon(self._reporter)
+        self._reports.append((body.message_id, body.status, body.error_message))
+        if self._reports_arrived is not None:
+            self._reports_arrived.set()
         return True
 
     async def _reporter(self) -> None:
@@ -191,7 +193,8 @@ class _CableSession:
 
     def _take_reports(self) -> list[tuple[str, str, str | None]]:
         batch = [self._reports.popleft() for _ in range(min(REPORT_BATCH, len(self._reports)))]
-        self._reports_room.set()
+        if self._reports_room is not None:
+            self._reports_room.set()
         return batch
 
     async def _write_reports(self, batch: list[tuple[str, str, str | None]]) -> None:
@@ -227,16 +230,16 @@ class _CableSession:
 
     async def _subscribe(self, identifier: str, params: dict) -> None:
         if params.get("channel") != "GatewayChannel" or params.get("api_key_digest") != self.digest:
-            await self.actor.send_frame(self.protocol.reject(identifier))
+            self.actor.queue(self.protocol.reject(identifier))
             return
         if self.actor.identifier is not None and self.actor.identifier != identifier:
-            await self.actor.send_frame(self.protocol.reject(identifier))  # one GatewayChannel per socket
+            self.actor.queue(self.protocol.reject(identifier))  # one GatewayChannel per socket
             return
         # Presence for the other nodes; one holding an older socket of this phone closes it.
         await self.node.backplane.gateway_attached(self.actor.gateway_id, self.actor.lease)
         await self.node.store.run(gateways_store.mark_online, self.gateway, self.actor.lease)
         self.actor.identifier = identifier
-        await self.actor.send_frame(self.protocol.confirm(identifier))
+        self.actor.queue(self.protocol.confirm(identifier))
         self.node.dispatcher.capacity_changed()
 
     async def _perform(self, action: str, data: dict) -> None:
