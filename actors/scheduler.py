@@ -2,8 +2,9 @@
 
 - `check_gateway_health` (CheckGatewayHealthJob), every minute: gateways with no heartbeat for
   2 minutes and no socket on this node go offline; their unsent messages fail over.
-- `cleanup_expired_otps` (CleanupExpiredOtpsJob), every 15 minutes: old OTP codes, and
-  Idempotency-Key answers older than 24 h.
+- `cleanup_expired_otps` (CleanupExpiredOtpsJob), every 15 minutes: old OTP codes,
+  Idempotency-Key answers older than 24 h, and webhook deliveries finished (delivered or dead)
+  more than 7 days ago.
 - `reset_daily_counters` (ResetDailyCountersJob), at midnight in `TZ_DAILY_RESET`.
 - the tick, every `TICK_SECONDS` on every node: scheduled messages whose `send_at` came join
   the queue, queued messages past their TTL fail, and `smsgw_queue_depth` is refreshed.
@@ -30,6 +31,7 @@ from actors.metrics import NodeMetrics
 from store import gateways as gateways_store
 from store import idempotency
 from store import scheduler as scheduler_store
+from store import webhooks as webhooks_store
 
 __all__ = ["Scheduler", "Job", "JOBS", "due_jobs", "next_due", "is_due", "due_at",
            "TICK_SECONDS", "STALE_HEARTBEAT_SECONDS"]
@@ -57,6 +59,12 @@ JOBS: tuple[Job, ...] = (
     Job("reset_daily_counters", _LOCK_BASE + 3, daily=True),
 )
 _BY_NAME = {job.name: job for job in JOBS}
+
+
+def _housekeeping(conn) -> tuple[int, int]:
+    """The 15-minute cleanup's own rows: Idempotency-Key answers past 24 h, and webhook
+    deliveries that ended more than DELIVERY_RETENTION_DAYS ago (the OTP actor purges its own)."""
+    return idempotency.purge_expired(conn), webhooks_store.prune_finished(conn)
 
 
 @attrs.define(eq=False)
@@ -107,7 +115,7 @@ class Scheduler:
                     live |= set(await node.backplane.fleet_snapshots())  # sockets on every node
                 body, args = scheduler_store.mark_stale_gateways_offline, (live, self.stale_seconds)
             case "cleanup_expired_otps":
-                body, args = idempotency.purge_expired, ()
+                body, args = _housekeeping, ()
             case "reset_daily_counters":
                 body, args = gateways_store.reset_daily_counters, ()
             case _:
@@ -131,8 +139,12 @@ class Scheduler:
                      ", ".join(g["device_id"] for g in result))
             node.dispatcher.wake()
         elif name == "cleanup_expired_otps":
-            if result:
-                log.info("purged %d idempotency keys older than 24 h", result)
+            keys, deliveries = result
+            if keys:
+                log.info("purged %d idempotency keys older than 24 h", keys)
+            if deliveries:
+                log.info("purged %d finished webhook deliveries older than %d days", deliveries,
+                         webhooks_store.DELIVERY_RETENTION_DAYS)
             if node.otp is not None:
                 with trio.fail_after(OTP_CLEANUP_DEADLINE):
                     await node.otp.cleanup_expired()

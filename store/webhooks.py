@@ -23,13 +23,14 @@ __all__ = [
     "NotFound", "StillPending", "WebhookDisabled", "DISABLED_ERROR",
     "create", "get", "list_webhooks", "update", "delete",
     "list_deliveries", "redeliver", "queue_ping",
-    "claim_due", "record_delivered", "record_failed",
+    "claim_due", "record_delivered", "record_failed", "prune_finished", "DELIVERY_RETENTION_DAYS",
 ]
 
 WEBHOOK_FIELDS = "id, api_key_id, url, events, secret_key, active, description, created_at, updated_at"
 DELIVERY_FIELDS = ("id, webhook_id, event_id, event, status, attempts, last_status_code, last_error,"
                    " next_attempt_at, created_at, delivered_at")
 DISABLED_ERROR = "webhook disabled"
+DELIVERY_RETENTION_DAYS = 7  # delivered and dead webhook deliveries are kept this long
 _OWNED = "(%(owner)s::bigint IS NULL OR w.api_key_id = %(owner)s)"
 
 
@@ -195,6 +196,24 @@ def record_failed(conn: psycopg.Connection, delivery_id: int, status_code: int |
         " WHERE id = %s AND status = 'pending'",
         (status_code, error, retry_at, retry_at, delivery_id),
     )
+
+
+def prune_finished(conn: psycopg.Connection, *, keep_days: int = DELIVERY_RETENTION_DAYS,
+                   chunk: int = 5_000, max_chunks: int = 50) -> int:
+    """Delete deliveries that ended (delivered or dead) more than `keep_days` ago; pending ones
+    stay whatever their age. In chunks, each well within the statement timeout, and at most
+    `max_chunks` of them a run (the job runs every 15 minutes); return how many went."""
+    removed = 0
+    for _ in range(max_chunks):
+        n = conn.execute(
+            "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries"
+            " WHERE status <> 'pending' AND created_at < now() - make_interval(days => %s) LIMIT %s)",
+            (keep_days, chunk),
+        ).rowcount
+        removed += n
+        if n < chunk:
+            break
+    return removed
 
 
 def _notify(conn: psycopg.Connection) -> None:

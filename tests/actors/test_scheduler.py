@@ -18,6 +18,7 @@ from actors.node import Node
 from actors.rates import TokenBucket
 from actors.scheduler import JOBS, Scheduler, due_at, due_jobs, next_due
 from config import load_settings
+from store import webhooks as webhooks_store
 from store.pool import open_store
 from tests.conftest import clean, node_env, sql
 
@@ -316,3 +317,32 @@ async def test_tick_releases_due_scheduled_messages_and_expires_stale_ones(datab
             for r in sql(database_url, "SELECT message_id, status, error_message FROM messages")}
     assert rows == {due: ("queued", None), later: ("scheduled", None), stale: ("failed", "expired"),
                     waiting: ("queued", None)}
+
+
+async def test_cleanup_prunes_finished_webhook_deliveries_past_a_week_and_keeps_pending(database_url):
+    clean(database_url)
+    key_id = sql(database_url, "INSERT INTO api_keys (kind, digest, prefix, name) VALUES"
+                               " ('client', 'd1', 'api_live_x', 'k') RETURNING id")[0]["id"]
+    hook = sql(database_url, "INSERT INTO webhooks (api_key_id, url, events) VALUES"
+                             " (%s, 'http://127.0.0.1:9/x', '{sms_sent}') RETURNING id", (key_id,))[0]["id"]
+    for event_id, status, age in (("old-delivered", "delivered", "8 days"), ("old-dead", "dead", "8 days"),
+                                  ("old-pending", "pending", "8 days"), ("new-delivered", "delivered", "6 days")):
+        sql(database_url, "INSERT INTO webhook_deliveries (webhook_id, event_id, event, payload, status, created_at)"
+                          " VALUES (%s, %s, 'sms_sent', '{}', %s, now() - %s::interval)", (hook, event_id, status, age))
+    async with scheduler_at(database_url, datetime.now(UTC), otp=OtpStandIn()) as scheduler:
+        assert await scheduler.run_job(OTP) == "ran"
+    left = sorted(r["event_id"] for r in sql(database_url, "SELECT event_id FROM webhook_deliveries"))
+    assert left == ["new-delivered", "old-pending"]
+
+
+def test_pruning_goes_in_chunks_and_stops_at_its_cap(database_url):
+    clean(database_url)
+    hook = sql(database_url, "INSERT INTO webhooks (url, events) VALUES ('http://127.0.0.1:9/x', '{sms_sent}')"
+                             " RETURNING id")[0]["id"]
+    sql(database_url, "INSERT INTO webhook_deliveries (webhook_id, event_id, event, payload, status, created_at)"
+                      " SELECT %s, 'e' || n, 'sms_sent', '{}', 'delivered', now() - interval '30 days'"
+                      " FROM generate_series(1, 25) AS n", (hook,))
+    with psycopg.connect(database_url) as conn:
+        assert webhooks_store.prune_finished(conn, chunk=10, max_chunks=2) == 20
+        assert webhooks_store.prune_finished(conn, chunk=10, max_chunks=2) == 5
+    assert sql(database_url, "SELECT count(*) AS n FROM webhook_deliveries")[0]["n"] == 0
