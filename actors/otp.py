@@ -61,6 +61,7 @@ class VerifyOtp:
     phone_number: str
     purpose: str
     code: str
+    api_key_id: int | None  # only a code this key sent can be verified
     deadline: float
     reply: trio.MemorySendChannel
 
@@ -101,13 +102,14 @@ class OtpActor:
         return await self._ask(lambda reply, deadline: SendOtp(
             phone_number, purpose, expiry_minutes, api_key_id, deadline, reply), timeout)
 
-    async def verify(self, phone_number: str, purpose: str, code: str, *,
+    async def verify(self, phone_number: str, purpose: str, code: str, *, api_key_id: int | None = None,
                      timeout: float = REPLY_DEADLINE) -> Checked:
-        """Check a code, spending one attempt of the open code; raises `OtpBusy` past `timeout`.
+        """Check a code, spending one attempt of the open code `api_key_id` sent; raises
+        `OtpBusy` past `timeout`.
 
         A caller cancelled after the actor took the request may have spent that attempt."""
         return await self._ask(lambda reply, deadline: VerifyOtp(
-            phone_number, purpose, code, deadline, reply), timeout)
+            phone_number, purpose, code, api_key_id, deadline, reply), timeout)
 
     async def _ask(self, make: Callable[[trio.MemorySendChannel, float], SendOtp | VerifyOtp], timeout: float):
         reply_send, reply_receive = trio.open_memory_channel(1)
@@ -185,7 +187,7 @@ class OtpActor:
         return await self.store.run(
             otp_store.check, phone=request.phone_number, purpose=request.purpose,
             code_hash=code_digest(self.secret, request.phone_number, request.purpose, request.code),
-            now=self.clock.now())
+            now=self.clock.now(), key_id=request.api_key_id)
 
     async def cleanup_expired(self) -> int:
         """Delete codes expired, spent or replaced over an hour ago (the scheduler's 15-minute

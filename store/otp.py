@@ -69,8 +69,8 @@ def issue(conn: psycopg.Connection, *, code_hash: str, purpose: str, message: Ne
             return Limited("key", wait)
     conn.execute(
         "UPDATE otp_codes SET superseded_at = %s WHERE phone_number = %s AND purpose = %s"
-        " AND verified_at IS NULL AND superseded_at IS NULL",
-        (now, phone, purpose),
+        " AND api_key_id IS NOT DISTINCT FROM %s AND verified_at IS NULL AND superseded_at IS NULL",
+        (now, phone, purpose, key_id),
     )
     row = insert_outbound(conn, [message])[0]
     conn.execute(
@@ -84,8 +84,11 @@ def issue(conn: psycopg.Connection, *, code_hash: str, purpose: str, message: Ne
     return Issued(message_id=row["message_id"], expires_at=expires_at)
 
 
-def check(conn: psycopg.Connection, *, phone: str, purpose: str, code_hash: str, now: datetime) -> Checked:
-    """Spend one attempt of the phone's open code for `purpose` and compare it to `code_hash`.
+def check(conn: psycopg.Connection, *, phone: str, purpose: str, code_hash: str, now: datetime,
+          key_id: int | None = None) -> Checked:
+    """Spend one attempt of the phone's open code for `purpose` that the client key `key_id`
+    sent, and compare it to `code_hash`. Codes belong to the key that sent them: another
+    application can neither verify them nor spend their attempts.
 
     The attempt is one `UPDATE … RETURNING` on a row that is open, unexpired and has attempts
     left; concurrent checks queue on that row's lock and see each other's result, so at most
@@ -96,11 +99,12 @@ def check(conn: psycopg.Connection, *, phone: str, purpose: str, code_hash: str,
     row = conn.execute(
         "UPDATE otp_codes SET attempts_remaining = attempts_remaining - 1"
         " WHERE id = (SELECT id FROM otp_codes WHERE phone_number = %(phone)s AND purpose = %(purpose)s"
+        "             AND api_key_id IS NOT DISTINCT FROM %(key)s"
         "             AND verified_at IS NULL AND superseded_at IS NULL ORDER BY id DESC LIMIT 1)"
         " AND verified_at IS NULL AND superseded_at IS NULL"
         " AND attempts_remaining > 0 AND expires_at > %(now)s"
         " RETURNING id, code_hash, attempts_remaining",
-        {"phone": phone, "purpose": purpose, "now": now},
+        {"phone": phone, "purpose": purpose, "now": now, "key": key_id},
     ).fetchone()
     if row is None:
         return Checked(verified=False, attempts_remaining=0)

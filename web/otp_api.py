@@ -81,10 +81,10 @@ async def send():
 @documented(summary="Verify a one-time password (200 either way; `verified` says which)",
             body=OtpVerifyRequest, response=OtpVerifyResponse, errors=(503,), tag="otp")
 async def verify():
-    await require_client("otp")
+    key = await require_client("otp")
     body = await parse_body(OtpVerifyRequest)
     try:
-        checked = await _otp().verify(body.phone_number, body.purpose, body.code)
+        checked = await _otp().verify(body.phone_number, body.purpose, body.code, api_key_id=key.id)
     except OtpBusy:
         raise ApiError(503, "OTP service busy; try again", headers={"Retry-After": "1"}) from None
     if checked.verified:

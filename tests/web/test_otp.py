@@ -122,6 +122,19 @@ async def test_right_code_on_the_last_attempt_verifies(server):
     assert await verified(server, key, code) == {"success": True, "verified": True}
 
 
+async def test_a_code_belongs_to_the_key_that_sent_it(server):
+    """Two applications on one gateway: neither can verify, spend or replace the other's code."""
+    app_a, app_b = server.client_key("otp", name="a"), server.client_key("otp", name="b")
+    async with gateway(server) as p:
+        _, code_a = await sent_code(server, app_a, p)
+        assert await verified(server, app_b, code_a) == {**INVALID, "attempts_remaining": 0}
+        assert await verified(server, app_b, wrong(code_a)) == {**INVALID, "attempts_remaining": 0}
+        _, code_b = await sent_code(server, app_b, p)  # B's own code leaves A's open
+        assert await verified(server, app_a, code_a) == {"success": True, "verified": True}
+        assert await verified(server, app_b, code_b) == {"success": True, "verified": True}
+    assert [r["attempts_remaining"] for r in server.sql("SELECT attempts_remaining FROM otp_codes ORDER BY id")] == [2, 2]
+
+
 async def test_new_code_replaces_the_open_one(server):
     key = server.client_key("otp")
     async with gateway(server) as p:
