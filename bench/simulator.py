@@ -89,10 +89,20 @@ async def run_fleet(url: str, gateways: int, *, delivery_ms: float = 200, fail_r
         for device_id, key in phones:
             phone = _Phone(device_id=device_id, key=key, ws_url=f"{ws_base}?api_key={key}", behaviour=behaviour,
                            stats=stats, rand=random.Random(rand.random()), connecting=connecting)
-            nursery.start_soon(phone.run)
+            nursery.start_soon(_keep_going, phone)
         await stats.wait_settled()
         log.info("%d phones subscribed (%d told to stop)", len(phones) - stats.stopped, stats.stopped)
         task_status.started(stats)
+
+
+async def _keep_going(phone: "_Phone") -> None:
+    """One phone's life; an error it did not expect stops that phone, not the whole fleet (a
+    benchmark of 10,000 sockets must not end because one of them met something odd)."""
+    try:
+        await phone.run()
+    except Exception:  # noqa: BLE001 - logged with its traceback; the other phones go on
+        log.exception("%s: stopped by an unexpected error", phone.device_id)
+        phone.stats.stopped += 1
 
 
 @attrs.frozen
@@ -152,6 +162,8 @@ class _Phone:
                     if stop is not None:
                         raise stop from None
                     if not all(isinstance(e, _CONNECTION_LOST) for e in leaves):
+                        log.error("%s: stopped by %s", self.device_id,
+                                  ", ".join(sorted({type(e).__name__ for e in leaves})))
                         raise
                     failures += 1
                     log.info("%s: connection lost (%s); reconnecting", self.device_id,
