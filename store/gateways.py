@@ -66,9 +66,11 @@ def heartbeat(conn: psycopg.Connection, gateway_id: int, *, battery_level: int |
 
 
 def pending_count(conn: psycopg.Connection, gateway_id: int) -> int:
-    """Messages queued for or assigned to this gateway and not yet sent."""
+    """Messages assigned to this gateway and not yet sent (a queued message has no gateway
+    yet). Served by the partial index on dispatched rows: the count used to scan the table on
+    every heartbeat."""
     return conn.execute(
-        "SELECT count(*) AS n FROM messages WHERE gateway_id = %s AND status IN ('queued', 'dispatched')",
+        "SELECT count(*) AS n FROM messages WHERE gateway_id = %s AND status = 'dispatched'",
         (gateway_id,),
     ).fetchone()["n"]
 
@@ -139,8 +141,7 @@ def update(conn: psycopg.Connection, gateway_id: int, changes: dict) -> dict | N
 
 def requeue_unsent(conn: psycopg.Connection, gateway_id: int) -> int:
     """Return this gateway's dispatched-but-unsent messages to the queue for another gateway."""
-    return requeue(conn, "gateway_id = %s", [gateway_id], avoid_gateway_id=gateway_id,
-                   statuses=("queued", "dispatched"))
+    return requeue(conn, "gateway_id = %s", [gateway_id], avoid_gateway_id=gateway_id)
 
 
 def mark_online(conn: psycopg.Connection, gateway: dict, lease: str) -> bool:

@@ -178,20 +178,21 @@ def claim_for_dispatch(conn: psycopg.Connection, limit: int,
     return rows, len(due) - len(rows)
 
 
-def requeue(conn: psycopg.Connection, where: str, params: Sequence[object], *, avoid_gateway_id: int | None,
-            statuses: tuple[str, ...] = ("dispatched",)) -> int:
-    """Return the messages matching `where` (and in `statuses`) to the queue; return how many.
+def requeue(conn: psycopg.Connection, where: str, params: Sequence[object], *, avoid_gateway_id: int | None) -> int:
+    """Return the dispatched messages matching `where` to the queue; return how many.
 
     Rows are locked in message_id order first, the order the report path uses, so a requeue
-    and a batch of reports never wait on each other in a cycle.
+    and a batch of reports never wait on each other in a cycle. `status = 'dispatched'` is
+    written out, not a parameter, so the partial indexes on dispatched rows (by gateway, by
+    lease) serve it: a prepared statement with the status as a parameter scanned the table.
     """
     return conn.execute(
-        "WITH target AS (SELECT id FROM messages WHERE status = ANY(%s) AND " + where +
+        "WITH target AS (SELECT id FROM messages WHERE status = 'dispatched' AND " + where +
         " ORDER BY message_id FOR UPDATE)"
         " UPDATE messages m SET status = 'queued', gateway_id = NULL, lease = NULL,"
         " avoid_gateway_id = COALESCE(%s, m.avoid_gateway_id), updated_at = now()"
         " FROM target WHERE m.id = target.id",
-        [list(statuses), *params, avoid_gateway_id],
+        [*params, avoid_gateway_id],
     ).rowcount
 
 
