@@ -424,7 +424,8 @@ async def running_fleet(url: str, gateways: int, work: Path, *, prefix: str, reg
     stats_path = work / f"fleet-{prefix}.json"
     argv = [sys.executable, "-m", "bench.simulator", "--url", url, "--gateways", str(gateways), "--prefix", prefix,
             "--keys", str(work / f"{prefix}-keys.json"), "--stats-out", str(stats_path), "--delivery-ms", "0",
-            "--connect-concurrency", str(connect_concurrency)]
+            "--connect-concurrency", str(connect_concurrency),
+            "--log-level", os.environ.get("BENCH_FLEET_LOG_LEVEL", "WARNING")]
     if not register:
         argv.append("--no-register")
     async with trio.open_nursery() as nursery:

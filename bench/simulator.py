@@ -289,7 +289,12 @@ class _Phone:
             try:
                 await self._perform(ws, "delivery_report", message_id=message_id, status=status, **extra)
             except (ConnectionClosed, trio.BrokenResourceError, trio.TooSlowError):
-                pass
+                # The socket died or took nothing for STALE_AFTER seconds: keep the report and
+                # drop the socket, so the next one (which flushes what is kept) comes soon.
+                if self.socket is ws:
+                    self.socket = None
+                    with trio.move_on_after(1):
+                        await ws.aclose()
             else:
                 if status != "sent":
                     self.stats.record_report(message_id, status, self.device_id)
