@@ -106,9 +106,13 @@ async def run_bench(opts: argparse.Namespace) -> dict:
             results["fleet"] = {k: stats.get(k, 0) for k in ("duplicates", "connects", "held_reports")}
         results["ceiling"] = await scenario_ceiling(opts)
         if opts.idle_sockets:
-            async with running_server(env, work / "server-c.log") as server:
-                results["idle"] = await scenario_idle(server, opts.idle_sockets, work, deadline=opts.idle_deadline,
-                                                      connect_concurrency=opts.idle_connect_concurrency)
+            try:
+                async with running_server(env, work / "server-c.log") as server:
+                    results["idle"] = await scenario_idle(server, opts.idle_sockets, work,
+                                                          deadline=opts.idle_deadline,
+                                                          connect_concurrency=opts.idle_connect_concurrency)
+            except Exception as exc:  # noqa: BLE001 - (a) and (b) are still worth writing down
+                results["idle_error"] = f"{type(exc).__name__}: {str(exc)[:200]} (see the fleet's log above)"
     finally:
         if not opts.keep_db:
             await trio.to_thread.run_sync(drop_database, dsn)
