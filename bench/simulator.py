@@ -103,6 +103,9 @@ async def _keep_going(phone: "_Phone") -> None:
     except Exception:  # noqa: BLE001 - logged with its traceback; the other phones go on
         log.exception("%s: stopped by an unexpected error", phone.device_id)
         phone.stats.stopped += 1
+    except BaseException as exc:  # cancellation (or worse): name what ended it, then let it go
+        log.error("%s: ended by %s", phone.device_id, ", ".join(sorted({type(e).__name__ for e in _leaves(exc)})))
+        raise
 
 
 @attrs.frozen
