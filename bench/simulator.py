@@ -103,8 +103,10 @@ async def _keep_going(phone: "_Phone") -> None:
     except Exception:  # noqa: BLE001 - logged with its traceback; the other phones go on
         log.exception("%s: stopped by an unexpected error", phone.device_id)
         phone.stats.stopped += 1
-    except BaseException as exc:  # cancellation (or worse): name what ended it, then let it go
-        log.error("%s: ended by %s", phone.device_id, ", ".join(sorted({type(e).__name__ for e in _leaves(exc)})))
+    except BaseException as exc:  # cancellation (or worse): name anything else in it, then let it go
+        others = {type(e).__name__ for e in _leaves(exc) if not isinstance(e, trio.Cancelled)}
+        if others:
+            log.error("%s: ended by %s", phone.device_id, ", ".join(sorted(others)))
         raise
 
 
