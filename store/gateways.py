@@ -148,16 +148,24 @@ def mark_online(conn: psycopg.Connection, gateway: dict, lease: str) -> bool:
     """A phone subscribed on connection `lease`: take back what its older connections held,
     mark it online and, when it was offline, emit `gateway_online`; True in that case."""
     take_back_stale(conn, gateway["id"], lease)
-    row = conn.execute(
-        "UPDATE gateways g SET status = 'online', last_heartbeat_at = now(), updated_at = now()"
-        " FROM (SELECT status FROM gateways WHERE id = %s FOR UPDATE) old WHERE g.id = %s"
-        " RETURNING old.status",
-        (gateway["id"], gateway["id"]),
-    ).fetchone()
-    came_online = row is not None and row["status"] != "online"
+    before = _set_status(conn, gateway["id"], "online")
+    came_online = before is not None and before != "online"
     if came_online:
         _emit_presence(conn, "gateway_online", gateway)
     return came_online
+
+
+def _set_status(conn: psycopg.Connection, gateway_id: int, status: str) -> str | None:
+    """Set the gateway's presence (online also stamps the heartbeat); return the status it had,
+    or None when there is no such gateway."""
+    stamp = ", last_heartbeat_at = now()" if status == "online" else ""
+    row = conn.execute(
+        f"UPDATE gateways g SET status = %s{stamp}, updated_at = now()"
+        " FROM (SELECT status FROM gateways WHERE id = %s FOR UPDATE) old WHERE g.id = %s"
+        " RETURNING old.status",
+        (status, gateway_id, gateway_id),
+    ).fetchone()
+    return None if row is None else row["status"]
 
 
 def mark_offline(conn: psycopg.Connection, gateway: dict) -> bool:
@@ -167,13 +175,7 @@ def mark_offline(conn: psycopg.Connection, gateway: dict) -> bool:
 
     Messages are locked before the gateway row, the order the report path takes."""
     requeue_unsent(conn, gateway["id"])
-    row = conn.execute(
-        "UPDATE gateways g SET status = 'offline', updated_at = now()"
-        " FROM (SELECT status FROM gateways WHERE id = %s FOR UPDATE) old"
-        " WHERE g.id = %s RETURNING old.status",
-        (gateway["id"], gateway["id"]),
-    ).fetchone()
-    went_offline = row is not None and row["status"] == "online"
+    went_offline = _set_status(conn, gateway["id"], "offline") == "online"
     if went_offline:
         _emit_presence(conn, "gateway_offline", gateway)
     return went_offline

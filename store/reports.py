@@ -133,7 +133,9 @@ def apply_reports(conn: psycopg.Connection, reports: Sequence[Report], *, max_at
 def _write_rows(conn: psycopg.Connection, rows: list[dict], now: datetime) -> None:
     # Most changes are `sent` or `delivered` stamped with the transaction's now(): those need
     # only the id and the status (half the work of dumping ten columns), the rest go whole.
-    simple = [row for row in rows if _stamped_now(row, now)]
+    simple, rest = [], []
+    for row in rows:
+        (simple if _stamped_now(row, now) else rest).append(row)
     if simple:
         conn.execute(
             "UPDATE messages m SET status = u.status,"
@@ -144,9 +146,9 @@ def _write_rows(conn: psycopg.Connection, rows: list[dict], now: datetime) -> No
             ([row["id"] for row in simple], [row["status"] for row in simple],
              [row["sent_at"] == now for row in simple]),
         )
-        if len(simple) == len(rows):
-            return
-        rows = [row for row in rows if not _stamped_now(row, now)]
+    if not rest:
+        return
+    rows = rest
     columns = ("id", "status", "gateway_id", "avoid_gateway_id", "lease", "sent_at", "delivered_at",
                "failed_at", "error_message", "not_before")
     types = ("bigint", "text", "bigint", "bigint", "text", "timestamptz", "timestamptz", "timestamptz",

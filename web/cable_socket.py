@@ -28,6 +28,12 @@ class AsgiSocket:
     _send: Callable[[dict], Awaitable[None]]
     connected: bool = True   # False once the client went away (or never completed the handshake)
     _closed: bool = False    # our close was sent
+    # Hypercorn's stream behind `send` (its bound `app_send`), for `send_many`; None elsewhere.
+    _stream: WSStream | None = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        stream = getattr(self._send, "__self__", None)
+        self._stream = stream if isinstance(stream, WSStream) else None
 
     def query(self, name: str) -> str | None:
         values = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get(name)
@@ -73,8 +79,8 @@ class AsgiSocket:
         `WSStream`, the pinned version: the frames are framed by the stream's own wsproto
         connection and written as one `Data` event, as Hypercorn does for each frame);
         otherwise one at a time."""
-        stream = getattr(self._send, "__self__", None)
-        if not isinstance(stream, WSStream):
+        stream = self._stream
+        if stream is None:
             for text in texts:
                 await self.send(text)
             return
