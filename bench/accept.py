@@ -20,8 +20,9 @@ from pathlib import Path
 
 import trio
 
-from bench.harness import (ROOT, _JsonPoster, create_client_key, create_database, drop_database, running_server,
-                       send_messages, server_env)
+from bench.harness import (ROOT, create_client_key, create_database, drop_database, running_server,
+                           server_env)
+from bench.senders import JsonPoster, send_messages
 
 __all__ = ["main"]
 
@@ -58,7 +59,7 @@ async def post_many(url: str, path: str, key: str, bodies: list[bytes], concurre
 
     async def worker(bodies_in: trio.MemoryReceiveChannel) -> None:
         nonlocal ok
-        http = _JsonPoster(host, int(port), key)
+        http = JsonPoster(host, int(port), key)
         async with bodies_in:
             async for body in bodies_in:
                 status, _ = await http.post(path, body)

@@ -29,8 +29,9 @@ from bench.echo_ceiling import measure_ceiling, spawn_echo_server
 from bench.harness import (ADMIN_URL, PY_SPY, ROOT, Fleet, Server, _CpuWatch, _max_message_row, _Peak,
                            _sample_db_backends, _sample_rss, _steady_rss, create_client_key, create_database,
                            drop_database, match_latencies, raise_nofile, running_fleet, running_server,
-                           send_messages, server_env, wait_delivered)
+                           server_env, wait_delivered)
 from bench.report import append_results, machine_facts, profile_summary, results_section
+from bench.senders import send_messages
 from bench.simulator import register_phones
 
 

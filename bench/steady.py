@@ -22,7 +22,8 @@ import psycopg
 import trio
 
 from bench.harness import (create_client_key, create_database, drop_database, match_latencies, running_fleet,
-                           running_server, send_messages, server_env)
+                           running_server, server_env)
+from bench.senders import send_messages
 from bench.run import least_squares_slope
 
 __all__ = ["main"]

@@ -24,7 +24,8 @@ from pathlib import Path
 import trio
 
 from bench.harness import (_max_message_row, create_client_key, create_database, drop_database, raise_nofile,
-                       running_fleet, running_server, send_messages, server_env, wait_delivered)
+                           running_fleet, running_server, server_env, wait_delivered)
+from bench.senders import send_messages
 
 __all__ = ["scenario_two_nodes", "main"]
 
