@@ -80,6 +80,10 @@ async def test_bad_frames_never_close_the_connection(server):
                         json.dumps({"command": "message", "identifier": p.identifier,
                                     "data": '{"action":"delivery_report","message_id":"msg_nope","status":"sent"}'}),
                         json.dumps({"command": "message", "identifier": p.identifier,
+                                    "data": '{"action":"delivery_report","message_id":"msg_nope","status":"exploded"}'}),
+                        json.dumps({"command": "message", "identifier": p.identifier,
+                                    "data": '{"action":"delivery_report","status":"sent"}'}),
+                        json.dumps({"command": "message", "identifier": p.identifier,
                                     "data": '{"action":"message_received","sender":"+14155552671"}'}),
                         "\x00" * 10]:
             await p.ws.send_message(garbage)
