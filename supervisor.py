@@ -25,6 +25,7 @@ from actors.backplane import create_backplane
 from actors.clock import WallClock
 from actors.dispatcher import Dispatcher
 from actors.gateway import GatewayRegistry
+from actors.heartbeats import HeartbeatWriter
 from actors.group_commit import GroupCommitter
 from actors.key_cache import KeyCache
 from actors.metrics import NodeMetrics
@@ -127,6 +128,8 @@ def build_node(settings: Settings, store) -> Node:
     registry.changed = dispatcher.capacity_changed  # a phone here came, went or reported: this node's capacity
     node.gateways, node.dispatcher = registry, dispatcher
     node.extra_actors.append(("keepalive", registry))  # pings and heartbeat timeouts, one ticker
+    node.heartbeats = HeartbeatWriter(store=store)
+    node.extra_actors.append(("heartbeats", node.heartbeats))
     node.backplane = create_backplane(settings, registry=registry, wake_local=dispatcher.wake_local, store=store)
     dispatcher.broadcast = node.backplane.publish_wake
     node.limits = RateLimits.from_settings(settings, backplane=node.backplane)

@@ -69,6 +69,7 @@ class GatewayActor:
     # holds little more than its socket.
     _outbound: collections.deque = attrs.Factory(collections.deque)
     _outbound_ready: trio.Event | None = None
+    _writing_since: float | None = None  # when the write under way began
 
     @property
     def subscribed(self) -> bool:
@@ -88,16 +89,18 @@ class GatewayActor:
             self._outbound_ready.set()
 
     async def _write(self, texts: list[str]) -> None:
-        """Send frames in order (written together when `send_texts` can), or close the actor
-        when the socket cannot take them in time."""
-        with trio.move_on_after(SEND_DEADLINE) as scope:
+        """Send frames in order (written together when `send_texts` can). A write that takes
+        longer than SEND_DEADLINE is found by the keepalive, which closes the actor: no
+        deadline of its own per write (a cancel scope per ping adds up over 10,000 sockets)."""
+        self._writing_since = trio.current_time()
+        try:
             if self.send_texts is not None:
                 await self.send_texts(texts)
             else:
                 for text in texts:
                     await self.send_text(text)
-        if scope.cancelled_caught:
-            self.close("stalled")
+        finally:
+            self._writing_since = None
 
     def close(self, reason: str) -> None:
         """Ask the connection to end (idempotent); `run` returns and the socket closes."""
@@ -119,9 +122,13 @@ class GatewayActor:
 
     def keepalive(self, now: float, ping: str) -> None:
         """One tick of the keepalive: close a phone silent past the heartbeat timeout, else
-        queue a ping (skipped when the queue is full: frames are going out anyway)."""
+        queue a ping (skipped when the queue is full: frames are going out anyway). A socket
+        that has not taken a write for SEND_DEADLINE is closed as stalled."""
         if now - self.last_frame_at > HEARTBEAT_TIMEOUT:
             self.close("heartbeat_timeout")
+            return
+        if self._writing_since is not None and now - self._writing_since > SEND_DEADLINE:
+            self.close("stalled")
             return
         if len(self._outbound) < OUTBOUND_LIMIT:
             self._outbound.append(ping)

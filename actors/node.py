@@ -21,6 +21,7 @@ class Node:
     limits: Any = None       # web.ratelimit.RateLimits
     dispatcher: Any = None   # actors.dispatcher.Dispatcher (its wake() and mailbox)
     gateways: Any = None     # actors.gateway.GatewayRegistry
+    heartbeats: Any = None   # actors.heartbeats.HeartbeatWriter: socket heartbeats, stored together
     keys: Any = None         # actors.key_cache.KeyCache: authentication lookups
     sends: Any = None        # actors.group_commit.GroupCommitter writing accepted messages
     otp: Any = None          # actors.otp.OtpActor

@@ -10,7 +10,7 @@ from store.messages import requeue, requeue_lease, take_back_stale
 from store.outbox import emit
 
 __all__ = [
-    "DeviceTaken", "register", "heartbeat", "get", "get_by_device", "list_gateways",
+    "DeviceTaken", "register", "heartbeat", "record_heartbeats", "get", "get_by_device", "list_gateways",
     "toggle", "update", "mark_online", "mark_offline", "pending_count", "reset_daily_counters",
     "orphan_candidates", "reclaim_orphans",
 ]
@@ -63,6 +63,23 @@ def heartbeat(conn: psycopg.Connection, gateway_id: int, *, battery_level: int |
         (battery_level, signal_strength, messages_in_queue, gateway_id),
     )
     return pending_count(conn, gateway_id)
+
+
+def record_heartbeats(conn: psycopg.Connection, health: dict[int, tuple[int | None, int | None, int | None]]) -> int:
+    """Record many gateways' heartbeats (gateway id -> battery, signal, queue; None keeps the
+    stored value) in one statement, marking them online; return how many rows it changed.
+    Rows are locked in id order first, the order the report path takes: no lock cycles."""
+    ids = sorted(health)
+    conn.execute("SELECT 1 FROM gateways WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
+    return conn.execute(
+        "UPDATE gateways g SET status = 'online', last_heartbeat_at = now(), updated_at = now(),"
+        " battery_level = COALESCE(h.battery, g.battery_level),"
+        " signal_strength = COALESCE(h.signal, g.signal_strength),"
+        " messages_in_queue = COALESCE(h.queue, g.messages_in_queue)"
+        " FROM unnest(%s::bigint[], %s::int[], %s::int[], %s::int[]) AS h(id, battery, signal, queue)"
+        " WHERE g.id = h.id",
+        (ids, *([health[i][k] for i in ids] for k in range(3))),
+    ).rowcount
 
 
 def pending_count(conn: psycopg.Connection, gateway_id: int) -> int:

@@ -19,7 +19,7 @@ from store.keys import new_public_id
 
 __all__ = [
     "NewMessage", "UnknownMessage", "insert_outbound", "get_outbound", "store_inbound",
-    "list_inbound", "claim_for_dispatch", "requeue_dispatched",
+    "list_inbound", "any_due", "claim_for_dispatch", "requeue_dispatched",
     "requeue", "requeue_lease", "take_back_stale", "release_scheduled", "expire_queued", "bump_counter", "STATUS_FIELDS",
 ]
 
@@ -137,6 +137,14 @@ def list_inbound(conn: psycopg.Connection, *, phone_number: str | None, since: d
         [*params, limit, (page - 1) * limit],
     ).fetchall()
     return rows, total
+
+
+def any_due(conn: psycopg.Connection) -> bool:
+    """Whether a queued message is due (what `claim_for_dispatch` would find)."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE status = 'queued'"
+        " AND (not_before IS NULL OR not_before <= now())) AS due"
+    ).fetchone()["due"]
 
 
 def claim_for_dispatch(conn: psycopg.Connection, limit: int,

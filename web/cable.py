@@ -95,8 +95,6 @@ class _CableSession:
         self._reports_arrived: trio.Event | None = None  # the reporter waits on it
         self._reports_room: trio.Event | None = None     # the receive loop waits on it
         self._nursery: trio.Nursery | None = None
-        self._heartbeat: HeartbeatRequest | None = None  # the newest heartbeat not yet stored
-        self._storing_heartbeat = False
         registry = node.gateways
         self.actor = GatewayActor(
             gateway_id=gateway["id"], device_id=gateway["device_id"], send_text=socket.send,
@@ -136,6 +134,7 @@ class _CableSession:
         log.info("gateway %s disconnected (%s), requeueing %d", actor.device_id,
                  actor.close_reason or "socket closed", len(held), extra={"device_id": actor.device_id})
         with trio.move_on_after(10):
+            await self.node.heartbeats.flush(actor.gateway_id)  # a late heartbeat would mark it online
             await self.node.dispatcher.release(actor.gateway_id, actor.lease)
             # Offline only if no newer connection holds the phone, here or on another node.
             if last and await self.node.backplane.gateway_left(actor.gateway_id, actor.lease):
@@ -165,21 +164,6 @@ class _CableSession:
             while self._reports and len(self._reports) >= REPORT_BACKLOG:
                 self._reports_room = trio.Event()
                 await self._reports_room.wait()
-
-    async def _store_heartbeats(self) -> None:
-        try:
-            while self._heartbeat is not None:
-                body, self._heartbeat = self._heartbeat, None
-                with trio.CancelScope(shield=True), trio.move_on_after(HANDLE_DEADLINE):
-                    try:
-                        await self.node.store.run(
-                            gateways_store.heartbeat, self.gateway["id"], battery_level=body.battery_level,
-                            signal_strength=body.signal_strength, messages_in_queue=body.messages_in_queue)
-                    except StoreUnavailable as exc:
-                        log.warning("gateway %s: heartbeat not stored, database unavailable: %s",
-                                    self.actor.device_id, exc, extra={"device_id": self.actor.device_id})
-        finally:
-            self._storing_heartbeat = False
 
     def _queue_report(self, event) -> bool:
         """Queue a delivery report for the reporter; False for any other event."""
@@ -265,14 +249,11 @@ class _CableSession:
             match action:
                 case "heartbeat":
                     body = HeartbeatRequest.model_validate(data, context=context)
-                    self.actor.record_heartbeat(body.battery_level, body.signal_strength, body.messages_in_queue)
-                    # Stored beside the receive loop, not in it: a slow database must not stop
-                    # this socket being read (the phone's reports would back up behind it).
-                    # One write at a time; a heartbeat arriving meanwhile is a newer snapshot.
-                    self._heartbeat = body
-                    if not self._storing_heartbeat:
-                        self._storing_heartbeat = True
-                        self._nursery.start_soon(self._store_heartbeats)
+                    health = body.battery_level, body.signal_strength, body.messages_in_queue
+                    self.actor.record_heartbeat(*health)
+                    # Stored by the node's heartbeat writer with every other phone's, never
+                    # awaited here: a slow database must not stop this socket being read.
+                    self.node.heartbeats.record(self.gateway["id"], *health)
                 case "message_received":
                     payload = dict(data)
                     if isinstance(payload.get("timestamp"), str):

@@ -4,7 +4,7 @@ import json
 
 import trio
 
-from actors.gateway import HEARTBEAT_TIMEOUT, PING_INTERVAL, GatewayActor, GatewayRegistry
+from actors.gateway import HEARTBEAT_TIMEOUT, PING_INTERVAL, SEND_DEADLINE, GatewayActor, GatewayRegistry
 from actors.rates import TokenBucket
 
 
@@ -34,4 +34,28 @@ async def test_every_phone_is_pinged_every_interval_and_silent_ones_are_closed(a
             await trio.sleep(PING_INTERVAL)
         assert silent.close_reason == "heartbeat_timeout"
         assert chatty.close_reason is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_socket_that_takes_no_write_is_closed_as_stalled(autojump_clock):
+    registry = GatewayRegistry(default_rate_per_minute=0)
+    sent = []
+    healthy = phone(registry, 1, sent)
+
+    async def never_returns(text):
+        await trio.sleep_forever()
+
+    stuck = GatewayActor(gateway_id=2, device_id="p2", send_text=never_returns, active=True, priority=1,
+                         bucket=TokenBucket.full(0, trio.current_time()))
+    registry.attach(stuck)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(registry.run)
+        nursery.start_soon(healthy.run)
+        nursery.start_soon(stuck.run)
+        await trio.sleep(SEND_DEADLINE)
+        assert stuck.close_reason is None  # a slow write is not yet a dead socket
+        healthy.noticed()
+        await trio.sleep(2 * PING_INTERVAL)
+        assert stuck.close_reason == "stalled"
+        assert healthy.close_reason is None
         nursery.cancel_scope.cancel()

@@ -1,6 +1,5 @@
 """Key lookups are cached per node and dropped at once when a key changes anywhere."""
 
-import trio
 
 from tests.conftest import wait_for
 

@@ -54,6 +54,7 @@ def scans_of_messages(url, work) -> int:
     ("a gateway's unsent messages back to the queue", lambda conn: gateways_store.requeue_unsent(conn, 1)),
     ("a heartbeat's pending count", lambda conn: gateways_store.heartbeat(
         conn, 1, battery_level=50, signal_strength=3, messages_in_queue=0)),
+    ("the sweep's question", messages_store.any_due),
     ("a dispatch claim", lambda conn: messages_store.claim_for_dispatch(
         conn, 100, lambda due: [(row["message_id"], 2) for row in due], {2: "conn_c"})),
 ])
