@@ -410,4 +410,7 @@ if __name__ == "__main__":
     parser.add_argument("--log-level", default="WARNING")
     logging.basicConfig(level=parser.parse_known_args()[0].log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cli import tune_gc
+
+    tune_gc()
     trio.run(_worker, parser.parse_args())
