@@ -27,6 +27,29 @@ async def test_welcome_then_pings_every_three_seconds(server):
         assert ping["type"] == "ping" and isinstance(ping["message"], int)
 
 
+async def test_permessage_deflate_is_declined_as_action_cable_does(server):
+    """Browsers, `ws` and OkHttp offer compression; each socket that took it kept zlib state
+    of its own (137 KB per idle phone instead of 40 KB) to compress frames of a few hundred
+    bytes. Rails never negotiates it: neither does /cable."""
+    key = await server.register("dev-1")
+    host, port = server.url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(
+            f"GET /cable?api_key={key} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: actioncable-v1-json\r\n"
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n".encode())
+        head = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive_some()
+    status, *headers = head.split(b"\r\n\r\n")[0].decode().split("\r\n")
+    names = {line.partition(":")[0].strip().lower() for line in headers}
+    assert status.startswith("HTTP/1.1 101")
+    assert "sec-websocket-protocol" in names and "sec-websocket-extensions" not in names
+
+
 @pytest.mark.parametrize("query", ["", "?api_key=gw_live_wrong", "?api_key=api_live_wrong"])
 async def test_bad_key_gets_unauthorized_disconnect_without_reconnect(server, query):
     async with open_websocket_url(f"{server.ws_url}{query}", subprotocols=[cable.SUBPROTOCOL]) as ws:
