@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ceiling-server", type=int, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.ceiling_server:
+        from cli import tune_gc
+
+        tune_gc()  # the runtime the gateway runs with: the ceiling is the stack, not its defaults
         trio.run(serve_ceiling, opts.ceiling_server)
         return 0
     print(json.dumps(trio.run(measure, opts), indent=2))

@@ -119,7 +119,7 @@ def results_section(r: dict, opts) -> str:
                                f"ramp slope {_num(idle['kb_per_socket_slope'])} KB | "
                                f"{met(idle['kb_per_socket'] < 40 and idle['all_subscribed'])} |"
                                if idle else f"{'failed: ' + r['idle_error'] if r.get('idle_error') else 'not run'} | — |"),
-        f"| {TARGETS[3]} | " + (f"{100 * fraction:.0f} % ({_num(a['delivered_per_s'])} of "
+        f"| {TARGETS[3]} | " + (f"{100 * fraction:.0f} % ({_num(best['delivered_per_s'])}{how} of "
                                f"{_num(ceiling['round_trips_per_s'])}/s) | {met(fraction >= 0.5)} |"
                                if fraction is not None else "— | — |"),
         "",
