@@ -10,7 +10,7 @@ import sys
 import httpx
 import trio
 
-from tests.conftest import clean, node_env, phone, sql, wait_for
+from tests.conftest import clean, node_env, phone, sql
 
 SMSGW = os.path.join(os.path.dirname(sys.executable), "smsgw")
 

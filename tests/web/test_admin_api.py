@@ -1,7 +1,5 @@
 """Admin endpoints: gateways with live state, one gateway, patch, toggle, stats."""
 
-import pytest
-
 from tests.conftest import phone, wait_for
 
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tests.conftest import phone, wait_for
+from tests.conftest import phone
 
 
 def bearer(key):

@@ -1,11 +1,10 @@
 """Bulk sending, scheduling, cancelling, priorities and the outbound list."""
 
-import json
 from datetime import datetime, timedelta, timezone
 
 import trio
 
-from tests.conftest import phone, wait_for
+from tests.conftest import phone
 
 
 def bearer(key, **extra):
