@@ -31,6 +31,7 @@ PATH = "/cable"
 HANDLE_DEADLINE = 15.0  # one frame's effect: a store write through the group committer
 REPORT_BATCH = 500      # a phone's reports written in one group commit at most
 REPORT_BACKLOG = 1_000  # reports received and not yet written: past it, stop reading the socket
+HEARTBEAT_FLUSH_DEADLINE = 3.0  # a leaving phone's last heartbeat, before it is marked offline
 RECONNECTING_REASONS = frozenset({"server_restart", "stalled", "heartbeat_timeout"})
 
 
@@ -133,8 +134,11 @@ class _CableSession:
         last = registry.detach(actor)
         log.info("gateway %s disconnected (%s), requeueing %d", actor.device_id,
                  actor.close_reason or "socket closed", len(held), extra={"device_id": actor.device_id})
+        # Its last heartbeat is written first: written later, it would mark the phone online
+        # again. Bounded on its own: a writer that cannot write must not keep the messages held.
+        with trio.move_on_after(HEARTBEAT_FLUSH_DEADLINE):
+            await self.node.heartbeats.flush(actor.gateway_id)
         with trio.move_on_after(10):
-            await self.node.heartbeats.flush(actor.gateway_id)  # a late heartbeat would mark it online
             await self.node.dispatcher.release(actor.gateway_id, actor.lease)
             # Offline only if no newer connection holds the phone, here or on another node.
             if last and await self.node.backplane.gateway_left(actor.gateway_id, actor.lease):

@@ -83,3 +83,17 @@ async def test_a_heartbeat_just_before_the_socket_closes_leaves_the_phone_offlin
     await wait_for(lambda: server.sql("SELECT 1 FROM gateways WHERE status = 'offline' AND battery_level = 33"))
     await trio.sleep(1.5)  # past the writer's interval: nothing marks it online again
     assert server.sql("SELECT status FROM gateways")[0]["status"] == "offline"
+
+
+async def test_a_writer_that_cannot_write_does_not_keep_a_leaving_phones_messages(server, monkeypatch):
+    async def stuck(self, gateway_id):
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(HeartbeatWriter, "flush", stuck)
+    client = server.client_key("sms")
+    key = await server.register("dev-1")
+    async with phone(server, key) as p:
+        sent = await server.send(client)
+        assert (await p.next_sms())["message_id"] == sent["message_id"]
+    # the socket is gone: what it held goes back to the queue all the same
+    await wait_for(lambda: server.sql("SELECT 1 FROM messages WHERE status = 'queued'"), timeout=10)
