@@ -237,3 +237,40 @@ def test_percentile_is_nearest_rank(values, q, expected):
 
 def test_latencies_pair_only_ids_seen_at_both_ends():
     assert sorted(latencies({"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 1.5, "c": 4.0, "d": 9.0})) == [0.5, 1.0]
+
+
+async def test_a_phone_whose_server_goes_silent_reconnects(monkeypatch):
+    """No frame (not even a ping) for STALE_AFTER: the phone drops the socket and comes back,
+    as the Action Cable client's connection monitor does."""
+    import random
+
+    from trio_websocket import serve_websocket
+
+    from bench import simulator
+
+    monkeypatch.setattr(simulator, "STALE_AFTER", 0.5)
+    monkeypatch.setattr(simulator, "RECONNECT_BASE", 0.1)
+    connections = []
+
+    async def silent_server(request):
+        ws = await request.accept(subprotocol="actioncable-v1-json")
+        connections.append(trio.current_time())
+        await ws.send_message('{"type":"welcome"}')
+        subscribe = json.loads(await ws.get_message())
+        await ws.send_message(json.dumps({"identifier": subscribe["identifier"], "type": "confirm_subscription"}))
+        await trio.sleep_forever()  # then nothing at all
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, silent_server, "127.0.0.1", 0, None)
+        port = server.port
+        phone = simulator._Phone(
+            device_id="silent-0000", key="gw_live_x", ws_url=f"ws://127.0.0.1:{port}/cable",
+            behaviour=simulator._Behaviour(delivery_ms=0, fail_rate=0, inbound_every=0, heartbeat_every=60),
+            stats=FleetStats(), rand=random.Random(1), connecting=trio.CapacityLimiter(1))
+        nursery.start_soon(phone.run)
+        with trio.fail_after(10):
+            while len(connections) < 3:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in zip(connections, connections[1:])]
+    assert all(gap >= 0.5 for gap in gaps)  # each socket was kept until it went stale
