@@ -140,3 +140,47 @@ async def test_queued_message_past_its_ttl_expires(server):
     assert await server.node.store.run(messages_store.expire_queued) == 1
     status = await server.status(client, sent["message_id"])
     assert status["status"] == "failed" and status["error_message"] == "expired"
+
+
+async def test_rounds_whose_bookkeeping_is_slow_leave_the_loop_half_free(database_url):
+    """A node with thousands of phones spends tens of ms per round just looking at them; under
+    a steady stream of wake-ups the dispatcher then waits as long before the next round."""
+    import time
+
+    import attrs
+
+    from actors.dispatcher import Dispatcher
+    from actors.gateway import GatewayRegistry
+    from store.pool import open_store
+
+    @attrs.define
+    class CrowdedRegistry(GatewayRegistry):
+        def views(self, now):
+            until = time.perf_counter() + 0.02  # what about 7,000 phones cost
+            while time.perf_counter() < until:
+                pass
+            return super().views(now)
+
+    @attrs.define(eq=False)
+    class CountingDispatcher(Dispatcher):
+        rounds: int = 0
+
+        async def dispatch_round(self):
+            self.rounds += 1
+            return await super().dispatch_round()
+
+    async with open_store(database_url) as store:
+        dispatcher = CountingDispatcher(store=store, registry=CrowdedRegistry(default_rate_per_minute=0))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dispatcher.run)
+
+            async def arrivals():
+                while True:
+                    dispatcher.wake_local()  # messages queued all the time
+                    await trio.sleep(0.001)
+
+            nursery.start_soon(arrivals)
+            await trio.sleep(1.0)
+            nursery.cancel_scope.cancel()
+    assert dispatcher.bookkeeping >= 0.02
+    assert 5 <= dispatcher.rounds <= 30  # unpaced, 20 ms rounds back to back would be about 50
