@@ -111,7 +111,8 @@ class Dispatcher:
         while True:
             now, started = trio.current_time(), time.perf_counter()
             views = [v for v in self.registry.views(now) if v.active and v.online and v.subscribed]
-            capacity = sum(max(0, self.registry.get(v.gateway_id).window - v.in_flight) for v in views)
+            actors = [self.registry.get(v.gateway_id) for v in views]
+            capacity = sum(max(0, actor.window - v.in_flight) for actor, v in zip(actors, views))
             if capacity == 0:
                 self.bookkeeping += time.perf_counter() - started
                 return total
@@ -127,7 +128,7 @@ class Dispatcher:
                 planning.append(time.perf_counter() - began)
                 return chosen
 
-            leases = {v.gateway_id: self.registry.get(v.gateway_id).lease for v in views}
+            leases = {actor.gateway_id: actor.lease for actor in actors}
             self.bookkeeping += time.perf_counter() - started
             rows, left = await self.store.run(messages_store.claim_for_dispatch, limit, plan, leases)
             self.bookkeeping += sum(planning)

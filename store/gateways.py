@@ -55,22 +55,18 @@ def register(conn: psycopg.Connection, device_id: str, name: str, presented_key:
 
 def heartbeat(conn: psycopg.Connection, gateway_id: int, *, battery_level: int | None,
               signal_strength: int | None, messages_in_queue: int | None) -> int:
-    """Record a heartbeat, mark the gateway online; return its pending message count."""
-    conn.execute(
-        "UPDATE gateways SET status = 'online', last_heartbeat_at = now(), updated_at = now(),"
-        " battery_level = COALESCE(%s, battery_level), signal_strength = COALESCE(%s, signal_strength),"
-        " messages_in_queue = COALESCE(%s, messages_in_queue) WHERE id = %s",
-        (battery_level, signal_strength, messages_in_queue, gateway_id),
-    )
+    """Record a heartbeat (REST), mark the gateway online; return its pending message count."""
+    record_heartbeats(conn, {gateway_id: (battery_level, signal_strength, messages_in_queue)})
     return pending_count(conn, gateway_id)
 
 
 def record_heartbeats(conn: psycopg.Connection, health: dict[int, tuple[int | None, int | None, int | None]]) -> int:
-    """Record many gateways' heartbeats (gateway id -> battery, signal, queue; None keeps the
-    stored value) in one statement, marking them online; return how many rows it changed.
-    Rows are locked in id order first, the order the report path takes: no lock cycles."""
+    """Record gateways' heartbeats (gateway id -> battery, signal, queue; None keeps the stored
+    value) in one statement, marking them online; return how many rows it changed. Several
+    rows are locked in id order first, the order the report path takes: no lock cycles."""
     ids = sorted(health)
-    conn.execute("SELECT 1 FROM gateways WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
+    if len(ids) > 1:
+        conn.execute("SELECT 1 FROM gateways WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
     return conn.execute(
         "UPDATE gateways g SET status = 'online', last_heartbeat_at = now(), updated_at = now(),"
         " battery_level = COALESCE(h.battery, g.battery_level),"
