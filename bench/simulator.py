@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import heapq
 import json
 import logging
 import math
@@ -30,6 +31,8 @@ import attrs
 import httpx
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, connect_websocket_url
+from wsproto.events import TextMessage
+from wsproto.utilities import LocalProtocolError
 
 from actors.backoff import exponential_delay
 from bench.fleet_keys import DEFAULT_KEYS_PATH, RegistrationFailed, register_phones, stored_phones  # noqa: F401
@@ -45,6 +48,7 @@ STALE_AFTER = 6.0          # the JS client reconnects after 6 s without any fram
 HANDSHAKE_DEADLINE = 10.0  # welcome and confirm_subscription must come within this
 REMEMBERED = 10_000        # message_ids a phone remembers having reported, for repeats
 RECONNECT_BASE = 3.0       # seconds before the first reconnect, doubling up to 30 s
+REPORT_BATCH = 64          # reports written in one socket write at most
 
 
 class _StopForGood(Exception):
@@ -134,7 +138,16 @@ class _Phone:
     delivering: set = attrs.Factory(set)
     socket: object | None = None  # the subscribed socket, while there is one
     _sending: trio.Nursery | None = None  # where SMS are sent from, across sockets
-    backlog: list = attrs.Factory(list)  # (message_id, status) reports waiting for a socket
+    # SMS being sent: (due, seq, message_id, earlier report) in a heap, one timer task for them all.
+    _due: list = attrs.Factory(list)
+    _due_changed: trio.Event | None = None
+    _seq: int = 0
+    # Reports not yet written, in order: (message_id, status). One reporter task writes all that
+    # have gathered at once, on the current socket; while there is none, they wait here.
+    outbox: collections.deque = attrs.Factory(collections.deque)
+    _outbox_ready: trio.Event | None = None
+    _timer_started: bool = False
+    _reporter_started: bool = False
     subscribed_once: bool = False
     battery: int = 100
 
@@ -146,7 +159,7 @@ class _Phone:
         """Sessions one after another, with backoff between failed ones, until told to stop.
 
         SMS being sent outlive the socket they came on (a phone keeps sending while its
-        connection drops): their reports wait in `backlog` for the next subscription.
+        connection drops): their reports wait in `outbox` for the next subscription.
         Cancellation kills the phone, reports and all, like pulling its battery."""
         async with trio.open_nursery() as sending:
             self._sending = sending
@@ -251,9 +264,7 @@ class _Phone:
         self.stats.online += 1
         self._settle_readiness()
         self.socket = ws
-        if self.backlog:
-            waiting, self.backlog = self.backlog, []
-            self._sending.start_soon(self._flush, waiting)
+        self._wake_reporter()  # reports made while offline go out now
 
     def _received(self, payload: dict) -> None:
         message_id = str(payload.get("message_id"))
@@ -262,50 +273,88 @@ class _Phone:
                  payload.get("message"))
         if message_id in self.delivering:
             return  # already on it; its report will come
-        self._sending.start_soon(self._deliver, message_id, self.reported.get(message_id))
-
-    async def _deliver(self, message_id: str, earlier: str | None) -> None:
-        """Wait the delivery time, report `sent` then `delivered`/`failed`; a repeat of a message
-        already reported is reported again at once (the server may have lost the first)."""
         self.delivering.add(message_id)
-        try:
-            if earlier is None:
-                delay = self.behaviour.delivery_ms / 1000 * self.rand.uniform(0.8, 1.2)
-                await trio.sleep(delay)
-            await self._report(message_id, "sent")
-            final = earlier or ("failed" if self.rand.random() < self.behaviour.fail_rate else "delivered")
-            await self._report(message_id, final)
-            self.reported[message_id] = final
-            self.reported.move_to_end(message_id)
-            while len(self.reported) > REMEMBERED:
-                self.reported.popitem(last=False)
-        finally:
-            self.delivering.discard(message_id)
+        earlier = self.reported.get(message_id)
+        delay = 0.0 if earlier is not None else self.behaviour.delivery_ms / 1000 * self.rand.uniform(0.8, 1.2)
+        if delay <= 0:
+            self._sent(message_id, earlier)
+            return
+        # A phone sends many SMS at once: one timer task for all of them, not a task each.
+        self._seq += 1
+        heapq.heappush(self._due, (trio.current_time() + delay, self._seq, message_id))
+        if not self._timer_started:
+            self._timer_started = True
+            self._sending.start_soon(self._timer)
+        elif self._due_changed is not None:
+            self._due_changed.set()
 
-    async def _flush(self, waiting: list[tuple[str, str]]) -> None:
-        for message_id, status in waiting:  # in order: `sent` before `delivered`
-            await self._report(message_id, status)
+    async def _timer(self) -> None:
+        """Report each SMS in `_due` when its delivery time comes."""
+        due = self._due
+        while True:
+            self._due_changed = trio.Event()
+            with trio.move_on_at(due[0][0] if due else math.inf):
+                await self._due_changed.wait()
+            now = trio.current_time()
+            while due and due[0][0] <= now:
+                self._sent(heapq.heappop(due)[2], None)
 
-    async def _report(self, message_id: str, status: str) -> None:
-        """Send a delivery report on the current socket, or keep it for the next one."""
-        ws = self.socket
-        if ws is not None:
-            extra = {"error_message": "simulated failure"} if status == "failed" else {}
+    def _sent(self, message_id: str, earlier: str | None) -> None:
+        """The SMS left the phone: report `sent`, then `delivered` or `failed`; a repeat of a
+        message already reported is reported again at once (the server may have lost it)."""
+        final = earlier or ("failed" if self.rand.random() < self.behaviour.fail_rate else "delivered")
+        self._queue_report(message_id, "sent")
+        self._queue_report(message_id, final)
+
+    def _queue_report(self, message_id: str, status: str) -> None:
+        if self.socket is None:
+            self.stats.held_reports += 1
+        self.outbox.append((message_id, status))
+        if not self._reporter_started:
+            self._reporter_started = True
+            self._sending.start_soon(self._reporter)
+        self._wake_reporter()
+
+    def _wake_reporter(self) -> None:
+        if self._outbox_ready is not None:
+            self._outbox_ready.set()
+
+    async def _reporter(self) -> None:
+        """Write queued reports, all that have gathered at a time in one socket write, in order.
+        A socket that fails or takes nothing for STALE_AFTER is dropped and the reports wait
+        for the next one (`sent` always before the final report of the same message)."""
+        outbox = self.outbox
+        while True:
+            if not outbox or self.socket is None:
+                self._outbox_ready = trio.Event()
+                await self._outbox_ready.wait()
+                self._outbox_ready = None
+                continue
+            ws = self.socket
+            batch = [outbox.popleft() for _ in range(min(REPORT_BATCH, len(outbox)))]
+            frames = [perform(self.identifier, "delivery_report", message_id=message_id, status=status,
+                              **({"error_message": "simulated failure"} if status == "failed" else {}))
+                      for message_id, status in batch]
             try:
-                await self._perform(ws, "delivery_report", message_id=message_id, status=status, **extra)
-            except (ConnectionClosed, trio.BrokenResourceError, trio.TooSlowError):
-                # The socket died or took nothing for STALE_AFTER seconds: keep the report and
-                # drop the socket, so the next one (which flushes what is kept) comes soon.
+                with trio.fail_after(STALE_AFTER):
+                    await send_frames(ws, frames)
+            except (ConnectionClosed, trio.BrokenResourceError, trio.TooSlowError, LocalProtocolError):
+                outbox.extendleft(reversed(batch))
+                self.stats.held_reports += len(batch)
                 if self.socket is ws:
                     self.socket = None
                     with trio.move_on_after(1):
                         await ws.aclose()
-            else:
-                if status != "sent":
-                    self.stats.record_report(message_id, status, self.device_id)
-                return
-        self.backlog.append((message_id, status))
-        self.stats.held_reports += 1
+                continue
+            for message_id, status in batch:
+                if status == "sent":
+                    continue
+                self.stats.record_report(message_id, status, self.device_id)
+                self.reported[message_id] = status
+                self.reported.move_to_end(message_id)
+                self.delivering.discard(message_id)
+            while len(self.reported) > REMEMBERED:
+                self.reported.popitem(last=False)
 
     async def _heartbeats(self, ws) -> None:
         every = self.behaviour.heartbeat_every
@@ -335,7 +384,25 @@ class _Phone:
             await ws.send_message(perform(self.identifier, action, **data))
 
 
-# --- The client side of Action Cable, without I/O -------------------------------------
+async def send_frames(ws, texts: list[str]) -> None:
+    """Send text messages in order with one socket write, as a phone's writer does with the
+    frames queued since its last write. trio-websocket 0.12 sends one message per write; this
+    frames the others with the connection's own wsproto state under its send lock, as its
+    `_send` does for one message."""
+    if len(texts) == 1:
+        await ws.send_message(texts[0])
+        return
+    if ws._close_reason:
+        raise ConnectionClosed(ws._close_reason)
+    data = b"".join(ws._wsproto.send(TextMessage(data=text)) for text in texts)
+    async with ws._stream_lock:
+        try:
+            await ws._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await ws._abort_web_socket()
+            raise ConnectionClosed(ws._close_reason) from None
+
+
 
 def run_cli(args: argparse.Namespace) -> int:
     """`smsgw simulate`: run the fleet until Ctrl-C (exit 0, with a summary); 1 when registration

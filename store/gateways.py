@@ -66,13 +66,13 @@ def record_heartbeats(conn: psycopg.Connection, health: dict[int, tuple[int | No
     rows are locked in id order first, the order the report path takes: no lock cycles."""
     ids = sorted(health)
     if len(ids) > 1:
-        conn.execute("SELECT 1 FROM gateways WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
+        conn.execute("SELECT 1 FROM gateways WHERE id = ANY(%b::bigint[]) ORDER BY id FOR UPDATE", (ids,))
     return conn.execute(
         "UPDATE gateways g SET status = 'online', last_heartbeat_at = now(), updated_at = now(),"
         " battery_level = COALESCE(h.battery, g.battery_level),"
         " signal_strength = COALESCE(h.signal, g.signal_strength),"
         " messages_in_queue = COALESCE(h.queue, g.messages_in_queue)"
-        " FROM unnest(%s::bigint[], %s::int[], %s::int[], %s::int[]) AS h(id, battery, signal, queue)"
+        " FROM unnest(%b::bigint[], %b::int[], %b::int[], %b::int[]) AS h(id, battery, signal, queue)"
         " WHERE g.id = h.id",
         (ids, *([health[i][k] for i in ids] for k in range(3))),
     ).rowcount

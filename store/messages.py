@@ -59,8 +59,8 @@ def insert_outbound(conn: psycopg.Connection, batch: Sequence[NewMessage]) -> li
         " priority, reference, api_key_id, send_at, expires_at)"
         " SELECT message_id, 'outbound', status, phone_number, body, segments, encoding, priority,"
         " reference, api_key_id, send_at, COALESCE(send_at, now()) + make_interval(secs => ttl)"
-        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::smallint[], %s::text[],"
-        " %s::smallint[], %s::text[], %s::bigint[], %s::timestamptz[], %s::int[])"
+        " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::smallint[], %b::text[],"
+        " %b::smallint[], %b::text[], %b::bigint[], %b::timestamptz[], %b::int[])"
         " WITH ORDINALITY AS t(message_id, status, phone_number, body, segments, encoding, priority,"
         " reference, api_key_id, send_at, ttl, n) ORDER BY n"
         f" RETURNING {STATUS_FIELDS}",
@@ -175,7 +175,7 @@ def claim_for_dispatch(conn: psycopg.Connection, limit: int,
     updated = conn.execute(
         "UPDATE messages m SET status = 'dispatched', gateway_id = a.gateway_id, lease = a.lease,"
         " dispatched_at = now(), attempts = m.attempts + 1, updated_at = now()"
-        " FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS a(id, gateway_id, lease)"
+        " FROM unnest(%b::bigint[], %b::bigint[], %b::text[]) AS a(id, gateway_id, lease)"
         " WHERE m.id = a.id",
         ([row["id"] for row in planned], gateway_ids, [leases[g] for g in gateway_ids]),
     ).rowcount
@@ -223,7 +223,7 @@ def requeue_dispatched(conn: psycopg.Connection, gateway_id: int, message_ids: S
     """Return dispatched-but-unsent messages of a gateway (or just `message_ids`) to the queue."""
     if message_ids is None:
         return requeue(conn, "gateway_id = %s", [gateway_id], avoid_gateway_id=gateway_id)
-    return requeue(conn, "gateway_id = %s AND message_id = ANY(%s)", [gateway_id, list(message_ids)],
+    return requeue(conn, "gateway_id = %s AND message_id = ANY(%b::text[])", [gateway_id, list(message_ids)],
                    avoid_gateway_id=gateway_id)
 
 

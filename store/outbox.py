@@ -64,7 +64,7 @@ def emit_many(conn: psycopg.Connection,
     cur = conn.execute(
         "INSERT INTO webhook_deliveries (webhook_id, event_id, event, payload)"
         " SELECT w.id, e.event_id, e.event, e.payload"
-        " FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::bigint[]) AS e(event_id, event, payload, owner)"
+        " FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::bigint[]) AS e(event_id, event, payload, owner)"
         " JOIN webhooks w ON w.active AND e.event = ANY(w.events)"
         " WHERE e.owner IS NULL OR w.api_key_id = e.owner OR EXISTS (SELECT 1 FROM api_keys k"
         " WHERE k.id = w.api_key_id AND 'admin' = ANY(k.scopes))",

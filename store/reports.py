@@ -94,7 +94,7 @@ def apply_reports(conn: psycopg.Connection, reports: Sequence[Report], *, max_at
     rows = conn.execute(
         # By the unique index on message_id alone: with `direction = 'outbound'` in the WHERE the
         # planner also walked the outbound index, every entry of it, on every batch.
-        f"SELECT {_COLUMNS}, direction, now() AS now FROM messages WHERE message_id = ANY(%s)"
+        f"SELECT {_COLUMNS}, direction, now() AS now FROM messages WHERE message_id = ANY(%b::text[])"
         " ORDER BY message_id FOR UPDATE",
         (sorted({r.message_id for r in reports}),),
     ).fetchall()
@@ -142,7 +142,7 @@ def _write_rows(conn: psycopg.Connection, rows: list[dict], now: datetime) -> No
             " sent_at = CASE WHEN u.sent_now THEN now() ELSE m.sent_at END,"
             " delivered_at = CASE WHEN u.status = 'delivered' THEN now() ELSE m.delivered_at END,"
             " updated_at = now()"
-            " FROM unnest(%s::bigint[], %s::text[], %s::bool[]) AS u(id, status, sent_now) WHERE m.id = u.id",
+            " FROM unnest(%b::bigint[], %b::text[], %b::bool[]) AS u(id, status, sent_now) WHERE m.id = u.id",
             ([row["id"] for row in simple], [row["status"] for row in simple],
              [row["sent_at"] == now for row in simple]),
         )
@@ -154,7 +154,7 @@ def _write_rows(conn: psycopg.Connection, rows: list[dict], now: datetime) -> No
     types = ("bigint", "text", "bigint", "bigint", "text", "timestamptz", "timestamptz", "timestamptz",
              "text", "timestamptz")
     arrays = tuple([row[c] for row in rows] for c in columns)
-    unnest = ", ".join(f"%s::{t}[]" for t in types)
+    unnest = ", ".join(f"%b::{t}[]" for t in types)
     sets = ", ".join(f"{c} = u.{c}" for c in columns[1:])
     conn.execute(
         f"UPDATE messages m SET {sets}, updated_at = now()"
@@ -179,7 +179,7 @@ def _count(conn: psycopg.Connection, sent: dict[int, int], failed: int) -> None:
         conn.execute(
             "UPDATE gateways g SET messages_sent_today = messages_sent_today + t.n,"
             " total_messages_sent = total_messages_sent + t.n"
-            " FROM unnest(%s::bigint[], %s::int[]) AS t(id, n) WHERE g.id = t.id",
+            " FROM unnest(%b::bigint[], %b::int[]) AS t(id, n) WHERE g.id = t.id",
             (ids, [sent[i] for i in ids]),
         )
     if failed:

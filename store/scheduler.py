@@ -35,7 +35,7 @@ def load_runs(conn: psycopg.Connection, jobs: Iterable[str], now: datetime) -> d
     database does not reset today's counters the moment a node first starts)."""
     names = list(jobs)
     conn.execute(
-        "INSERT INTO scheduler_runs (job, last_run_at) SELECT unnest(%s::text[]), %s"
+        "INSERT INTO scheduler_runs (job, last_run_at) SELECT unnest(%b::text[]), %s"
         " ON CONFLICT (job) DO NOTHING",
         (names, now),
     )

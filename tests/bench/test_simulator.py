@@ -274,3 +274,23 @@ async def test_a_phone_whose_server_goes_silent_reconnects(monkeypatch):
         nursery.cancel_scope.cancel()
     gaps = [b - a for a, b in zip(connections, connections[1:])]
     assert all(gap >= 0.5 for gap in gaps)  # each socket was kept until it went stale
+
+
+async def test_send_frames_writes_several_messages_that_arrive_whole_and_in_order(nursery):
+    from trio_websocket import open_websocket_url, serve_websocket
+
+    from bench.simulator import send_frames
+
+    got = []
+
+    async def handler(request):
+        ws = await request.accept()
+        for _ in range(4):
+            got.append(await ws.get_message())
+
+    server = await nursery.start(functools.partial(serve_websocket, handler, "127.0.0.1", 0, ssl_context=None))
+    async with open_websocket_url(f"ws://127.0.0.1:{server.port}/") as ws:
+        await send_frames(ws, ["one", "two", "drei ü"])
+        await send_frames(ws, ["four"])
+        await wait_for(lambda: len(got) == 4, timeout=5)
+    assert got == ["one", "two", "drei ü", "four"]
