@@ -146,24 +146,26 @@ class _CableSession:
 
     async def _receive_loop(self, scope: trio.CancelScope) -> None:
         while True:
-            data = await self.socket.receive()
-            if data is None:  # the phone went away: end the connection
+            frames = await self.socket.receive_many()
+            if frames is None:  # the phone went away: end the connection
                 scope.cancel()
                 return
             self.actor.noticed()
-            if isinstance(data, bytes):
-                events, replies = self.protocol.receive_bytes(data)
-            else:
-                events, replies = self.protocol.receive(data)
-            for reply in replies:
-                self.actor.queue(reply)
-            for event in events:
-                if self._queue_report(event):  # the busiest frame: queued at once, no awaiting
-                    continue
-                # A frame the phone sent just before closing must take effect before the cleanup
-                # returns what the connection held to the queue: finish it, even if cancelled.
-                with trio.CancelScope(shield=True), trio.move_on_after(HANDLE_DEADLINE):
-                    await self._handle(event)
+            for data in frames:
+                if isinstance(data, bytes):
+                    events, replies = self.protocol.receive_bytes(data)
+                else:
+                    events, replies = self.protocol.receive(data)
+                for reply in replies:
+                    self.actor.queue(reply)
+                for event in events:
+                    if self._queue_report(event):  # the busiest frame: queued at once, no awaiting
+                        continue
+                    # A frame the phone sent just before closing must take effect before the
+                    # cleanup returns what the connection held to the queue: finish it, even
+                    # if cancelled.
+                    with trio.CancelScope(shield=True), trio.move_on_after(HANDLE_DEADLINE):
+                        await self._handle(event)
             # The database is behind this phone's reports: stop reading until they are written.
             while self._reports and len(self._reports) >= REPORT_BACKLOG:
                 self._reports_room = trio.Event()
