@@ -11,11 +11,11 @@ a single phone.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 
-__all__ = ["Assignment", "GatewayView", "choose_gateway", "plan_batch"]
+__all__ = ["Assignment", "GatewayView", "choose_gateway", "plan_batch", "plan_ranked"]
 
 
 @attrs.frozen
@@ -76,18 +76,43 @@ def plan_batch(
     ``choose_gateway`` would make; a heap keeps it O(log n) per message, so
     a large backlog over many phones is planned in milliseconds.
     """
+    return plan_ranked(messages, sorted(candidates, key=_rank))
+
+
+def plan_ranked(
+    messages: Sequence[tuple[str, int, frozenset[int]]],
+    ranked: Iterable[GatewayView],
+) -> list[Assignment]:
+    """``plan_batch`` over candidates given best first (by priority, load,
+    id), read only as far as the choices need: a batch of k messages over
+    thousands of idle phones looks at about k of them, not at all.
+    """
+    ranked = iter(ranked)
     budgets: dict[int, float] = {}
     heap: list[tuple[int, int, int]] = []
-    for view in candidates:
-        if view.active and view.online and view.subscribed and view.budget >= 1:
-            budgets[view.gateway_id] = view.budget
-            heap.append(_rank(view))
-    heapq.heapify(heap)
+    upcoming: list[tuple[int, int, int]] = []  # the next ranked candidate, not yet in the heap
+
+    def pop_best() -> tuple[int, int, int] | None:
+        # Every candidate still unread ranks after `upcoming`; read on while it beats the
+        # heap's best, so the heap's best is the best of all.
+        while True:
+            if not upcoming:
+                for view in ranked:
+                    if view.active and view.online and view.subscribed and view.budget >= 1:
+                        budgets[view.gateway_id] = view.budget
+                        upcoming.append(_rank(view))
+                        break
+                else:
+                    break
+            if heap and heap[0] <= upcoming[0]:
+                break
+            heapq.heappush(heap, upcoming.pop())
+        return heapq.heappop(heap) if heap else None
+
     assignments = []
     for message_id, segments, avoid in messages:
         chosen, fallback, skipped = None, None, []
-        while heap:
-            entry = heapq.heappop(heap)
+        while (entry := pop_best()) is not None:
             if budgets[entry[2]] < segments:
                 skipped.append(entry)
             elif entry[2] in avoid:

@@ -9,6 +9,7 @@ over goes straight back to the queue.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
@@ -21,7 +22,7 @@ import trio
 from actors.group_commit import GroupCommitter
 
 from actors.backoff import SMS_RETRY_SCHEDULE, scheduled_delay
-from actors.choice import plan_batch
+from actors.choice import plan_ranked
 from actors.gateway import GatewayRegistry
 from actors.metrics import NodeMetrics
 from store import messages as messages_store
@@ -55,8 +56,8 @@ class Dispatcher:
     # start a round only then, so a storm of connections costs nothing while the queue is empty.
     _backlog: bool = True
     _arrivals: int = 0
-    # CPU the last round spent on its own bookkeeping (a view of every phone, the plan): with
-    # thousands of phones it is tens of ms, and the next round waits as long (see `run`).
+    # CPU the last round spent planning in the event loop; past PACE_FLOOR the next round
+    # waits as long (see `run`).
     bookkeeping: float = 0.0
 
     def __attrs_post_init__(self) -> None:
@@ -94,9 +95,10 @@ class Dispatcher:
             self._wakeup = trio.Event()
             await self.dispatch_round()
             if self.bookkeeping > PACE_FLOOR:
-                # A round looks at every phone on the node: about 3 us each, 30 ms at 10,000.
-                # Waiting as long before the next keeps rounds to half the event loop at most
-                # under a steady stream of wake-ups; the messages wait for the next round's batch.
+                # A round's plan reads about as many phones as it places messages (the
+                # registry keeps them ranked), well under a millisecond; should one still take
+                # long, waiting as long before the next keeps rounds to half the event loop at
+                # most under a steady stream of wake-ups. The messages wait for the next batch.
                 await trio.sleep(self.bookkeeping)
 
     async def dispatch_round(self) -> int:
@@ -109,27 +111,31 @@ class Dispatcher:
             # phone on the node (thousands of idle sockets would pay for it every 2 s).
             return total
         while True:
-            now, started = trio.current_time(), time.perf_counter()
-            views = [v for v in self.registry.views(now) if v.active and v.online and v.subscribed]
-            actors = [self.registry.get(v.gateway_id) for v in views]
-            capacity = sum(max(0, actor.window - v.in_flight) for actor, v in zip(actors, views))
+            now = trio.current_time()
+            capacity = self.registry.free
             if capacity == 0:
-                self.bookkeeping += time.perf_counter() - started
                 return total
             limit = min(capacity, MAX_BATCH)
+            leases: dict[int, str] = {}
             planning: list[float] = []
 
-            def plan(due: list[dict]) -> list[tuple[str, int]]:
+            def plan_here(due: list[dict]) -> list[tuple[str, int]]:
+                # In the event loop, between two of its steps: the phones as they are now,
+                # read from the registry's ranking as far as the batch needs.
                 began = time.perf_counter()
                 batch = [(row["message_id"], row["segments"],
                           frozenset({row["avoid_gateway_id"]}) if row["avoid_gateway_id"] else frozenset())
                          for row in due]
-                chosen = [(a.message_id, a.gateway_id) for a in plan_batch(batch, views)]
+                with contextlib.closing(self.registry.ranked(trio.current_time())) as ranked:
+                    chosen = [(a.message_id, a.gateway_id) for a in plan_ranked(batch, ranked)]
+                for _, gateway_id in chosen:
+                    leases[gateway_id] = self.registry.get(gateway_id).lease
                 planning.append(time.perf_counter() - began)
                 return chosen
 
-            leases = {actor.gateway_id: actor.lease for actor in actors}
-            self.bookkeeping += time.perf_counter() - started
+            def plan(due: list[dict]) -> list[tuple[str, int]]:
+                return trio.from_thread.run_sync(plan_here, due)  # claim runs on a worker thread
+
             rows, left = await self.store.run(messages_store.claim_for_dispatch, limit, plan, leases)
             self.bookkeeping += sum(planning)
             if not rows:

@@ -10,11 +10,12 @@ reads capacity from it and hands messages to it, admin routes read live health f
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
 import math
 import time
 from datetime import datetime, timezone
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterator
 
 import attrs
 import trio
@@ -48,14 +49,16 @@ class GatewayActor:
     gateway_id: int
     device_id: str
     send_text: Callable[[str], Awaitable[None]]
-    active: bool
-    priority: int
+    # What the dispatcher ranks a phone by: assigning them (the properties below) tells the
+    # registry, which keeps its candidates in order as they change.
+    _active: bool = attrs.field(alias="active")
+    _priority: int = attrs.field(alias="priority")
     bucket: TokenBucket
     # Writes several frames with one socket write; without it, frames go one by one.
     send_texts: Callable[[list[str]], Awaitable[None]] | None = None
     lease: str = attrs.Factory(lambda: new_public_id("conn_", 16))  # marks what this connection holds
-    identifier: str | None = None  # the confirmed GatewayChannel subscription
-    in_flight: dict[str, int] = attrs.Factory(dict)  # message_id -> segments
+    _identifier: str | None = attrs.field(default=None, alias="identifier")  # the GatewayChannel subscription
+    in_flight: dict[str, int] = attrs.Factory(dict)  # message_id -> segments (changed through methods)
     battery_level: int | None = None
     signal_strength: int | None = None
     messages_in_queue: int | None = None
@@ -70,10 +73,45 @@ class GatewayActor:
     _outbound: collections.deque = attrs.Factory(collections.deque)
     _outbound_ready: trio.Event | None = None
     _writing_since: float | None = None  # when the write under way began
+    # The registry's bookkeeping of this actor (see `GatewayRegistry.updated`).
+    _on_change: Callable[["GatewayActor"], None] | None = None
+    stamp: int = 0  # which of the registry's candidate entries for this actor is current
+    room: int = 0   # what this actor adds to the registry's `free`
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        self._active = value
+        self._changed()
+
+    @property
+    def priority(self) -> int:
+        return self._priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        self._priority = value
+        self._changed()
+
+    @property
+    def identifier(self) -> str | None:
+        return self._identifier
+
+    @identifier.setter
+    def identifier(self, value: str | None) -> None:
+        self._identifier = value
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)
 
     @property
     def subscribed(self) -> bool:
-        return self.identifier is not None
+        return self._identifier is not None
 
     @property
     def window(self) -> int:
@@ -106,6 +144,7 @@ class GatewayActor:
         """Ask the connection to end (idempotent); `run` returns and the socket closes."""
         if self.close_reason is None:
             self.close_reason = reason
+            self._changed()
         self._run_scope.cancel()
 
     async def run(self) -> None:
@@ -173,6 +212,7 @@ class GatewayActor:
         self._wake_writer()
         self.in_flight[row["message_id"]] = row["segments"]
         self.bucket.try_take(row["segments"], trio.current_time())
+        self._changed()
         return True
 
     async def _writer(self) -> None:
@@ -202,7 +242,15 @@ class GatewayActor:
 
     def settled(self, message_id: str) -> None:
         """The phone reported on this message: it no longer counts against the window."""
-        self.in_flight.pop(message_id, None)
+        if self.in_flight.pop(message_id, None) is not None:
+            self._changed()
+
+    def drop_in_flight(self) -> list[str]:
+        """Forget every message held (the store returned them to the queue); their ids."""
+        held = list(self.in_flight)
+        self.in_flight.clear()
+        self._changed()
+        return held
 
     def snapshot(self) -> dict:
         return {
@@ -215,11 +263,24 @@ class GatewayActor:
 
 @attrs.define
 class GatewayRegistry:
-    """The node's live gateway actors, by gateway id. Newer connections replace older ones."""
+    """The node's live gateway actors, by gateway id. Newer connections replace older ones.
+
+    It also keeps what the dispatcher asks each round without looking at every phone: `free`,
+    the messages the node's phones can still take, and the phones with room in rank order
+    (`ranked`). Both are updated as a phone changes (`updated`, called by the actor), so a
+    round over thousands of idle phones reads about as many phones as it has messages.
+    """
 
     default_rate_per_minute: int
     _actors: dict[int, GatewayActor] = attrs.Factory(dict)
     changed: Callable[[], None] = lambda: None  # wakes the dispatcher
+    free: int = 0  # the sum of `room` over the registered actors
+    # (priority, load, gateway_id, stamp) of phones with room; an entry whose stamp is not its
+    # actor's current one is out of date and skipped when met.
+    _ranked: list[tuple[int, int, int, int]] = attrs.Factory(list)
+    # (ready_at, stamp, gateway_id): phones out of send budget, back in `_ranked` at ready_at.
+    _resting: list[tuple[float, int, int]] = attrs.Factory(list)
+    _stamps: int = 0
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The keepalive of every socket on this node: one ticker, not a task per phone.
@@ -237,7 +298,10 @@ class GatewayRegistry:
         """Register `actor`; return the older actor of the same gateway it replaces, if any."""
         older = self._actors.get(actor.gateway_id)
         self._actors[actor.gateway_id] = actor
+        actor._on_change = self.updated
+        self.updated(actor)
         if older is not None and older is not actor:
+            self.updated(older)  # no longer registered: it counts for nothing
             older.close("replaced")
             return older
         return None
@@ -246,11 +310,66 @@ class GatewayRegistry:
         """Forget `actor`; True when no newer actor holds its gateway (it is now offline)."""
         if self._actors.get(actor.gateway_id) is actor:
             del self._actors[actor.gateway_id]
+            self.updated(actor)
             return True
         return False
 
+    def updated(self, actor: GatewayActor) -> None:
+        """`actor`'s rank or room may have changed: count its room again and, if it has some,
+        enter it in the ranking anew (its older entry goes out of date)."""
+        registered = self._actors.get(actor.gateway_id) is actor
+        room = 0
+        if registered and actor.active and actor.close_reason is None and actor.subscribed:
+            room = max(0, actor.window - len(actor.in_flight))
+        self.free += room - actor.room
+        actor.room = room
+        self._stamps += 1
+        actor.stamp = self._stamps
+        if room:
+            heapq.heappush(self._ranked, (actor.priority, len(actor.in_flight), actor.gateway_id, actor.stamp))
+            if len(self._ranked) > 2 * len(self._actors) + 64:
+                self._ranked = [e for e in self._ranked if self._current(e[2], e[3]) is not None]
+                heapq.heapify(self._ranked)
+
+    def _current(self, gateway_id: int, stamp: int) -> GatewayActor | None:
+        actor = self._actors.get(gateway_id)
+        return actor if actor is not None and actor.stamp == stamp else None
+
+    def ranked(self, now: float) -> Iterator[GatewayView]:
+        """Views of the phones with room, best first (priority, load, id), read lazily.
+
+        A phone out of send budget rests until its bucket holds a segment again instead of
+        being read every round. Entries read are put back when the iterator is closed: use it
+        within one step of the event loop (the ranking must not change meanwhile) and close it.
+        """
+        ranked, resting = self._ranked, self._resting
+        while resting and resting[0][0] <= now:
+            _, stamp, gateway_id = heapq.heappop(resting)
+            if (actor := self._current(gateway_id, stamp)) is not None:
+                heapq.heappush(ranked, (actor.priority, len(actor.in_flight), gateway_id, stamp))
+        read: list[tuple[int, int, int, int]] = []
+        try:
+            while ranked:
+                entry = heapq.heappop(ranked)
+                actor = self._current(entry[2], entry[3])
+                if actor is None:
+                    continue  # out of date: dropped for good
+                view = actor.view(now)
+                if view.budget < 1:
+                    heapq.heappush(resting, (now + actor.bucket.wait_time(1, now), entry[3], entry[2]))
+                    continue
+                read.append(entry)
+                yield view
+        finally:
+            for entry in read:
+                heapq.heappush(ranked, entry)
+
     def get(self, gateway_id: int) -> GatewayActor | None:
         return self._actors.get(gateway_id)
+
+    def ids(self) -> set[int]:
+        """The gateways with a connection on this node."""
+        return set(self._actors)
 
     def views(self, now: float) -> list[GatewayView]:
         return [actor.view(now) for actor in self._actors.values()]
@@ -284,12 +403,12 @@ class GatewayRegistry:
         actor = self._actors.get(row["id"])
         if actor is None:
             return
-        actor.active = row["active"]
-        actor.priority = row["priority"]
         rate = row["send_rate_per_minute"]
         actor.bucket.set_rate(self.default_rate_per_minute if rate is None else rate, trio.current_time())
+        actor.active = row["active"]
+        actor.priority = row["priority"]  # both tell the registry, which reads the new window too
         if not actor.active:
-            actor.in_flight.clear()  # the store returned its unsent messages to the queue
+            actor.drop_in_flight()  # the store returned its unsent messages to the queue
         self.changed()
 
     def key_rotated(self, gateway_id: int) -> None:

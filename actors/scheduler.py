@@ -110,7 +110,7 @@ class Scheduler:
         node = self.node
         match name:
             case "check_gateway_health":
-                live = {view.gateway_id for view in node.gateways.views(trio.current_time())}
+                live = node.gateways.ids()
                 if getattr(node, "backplane", None) is not None:
                     live |= set(await node.backplane.fleet_snapshots())  # sockets on every node
                 body, args = scheduler_store.mark_stale_gateways_offline, (live, self.stale_seconds)

@@ -129,8 +129,7 @@ class _CableSession:
         # Reports the phone sent before closing land before what it held goes back to the queue.
         while self._reports:
             await self._write_reports(self._take_reports())
-        held = list(actor.in_flight)
-        actor.in_flight.clear()
+        held = actor.drop_in_flight()
         last = registry.detach(actor)
         log.info("gateway %s disconnected (%s), requeueing %d", actor.device_id,
                  actor.close_reason or "socket closed", len(held), extra={"device_id": actor.device_id})
