@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from bench.harness import (ROOT, create_client_key, create_database, drop_database, running_server,
+from bench.harness import (ROOT, _CpuWatch, create_client_key, create_database, drop_database, running_server,
                            server_env)
 from bench.senders import JsonPoster, send_messages
 
@@ -94,13 +94,20 @@ async def measure(opts) -> dict:
                 await trio.sleep(2.0)
                 body = json.dumps({"to": "+14155552671", "message": "hello"}).encode()
                 ceilings, singles, errors = [], [], {}
+                ceiling_cpu, single_cpu = [], []  # server CPU ms per request answered
                 for _ in range(opts.rounds):
+                    cpu = _CpuWatch.start({"server": ceiling.pid})
                     seconds, ok = await post_many(f"http://127.0.0.1:{port}", "/echo", key,
                                                   [body] * opts.requests, opts.concurrency)
+                    cpu.stop()
                     ceilings.append(ok / seconds)
+                    ceiling_cpu.append(1000 * cpu.seconds["server"] / max(1, ok))
+                    cpu = _CpuWatch.start({"server": server.pid})
                     sent = await send_messages(server.url, key, opts.requests, concurrency=opts.concurrency,
                                                rate=None)
+                    cpu.stop()
                     singles.append(len(sent.accepted) / sent.elapsed)
+                    single_cpu.append(1000 * cpu.seconds["server"] / max(1, len(sent.accepted)))
                     errors.update(sent.errors)
                 entries = [{"to": f"+1415555{i % 10_000:04d}", "message": f"bulk {i}"} for i in range(1000)]
                 bulk = json.dumps({"messages": entries}).encode()
@@ -111,11 +118,18 @@ async def measure(opts) -> dict:
             ceiling.terminate()
             ceiling.wait(timeout=10)
         ratios = [s / c for s, c in zip(singles, ceilings)]
+        cpu_ratios = [c / s for c, s in zip(ceiling_cpu, single_cpu)]
         return {"ceiling_posts_per_s": round(statistics.median(ceilings)),
                 "single_sends_per_s": round(statistics.median(singles)),
                 "single_fraction_of_ceiling": round(statistics.median(ratios), 2),
-                "rounds": [{"ceiling": round(c), "single": round(s), "fraction": round(r, 2)}
-                           for c, s, r in zip(ceilings, singles, ratios)],
+                # The same fraction from the server's CPU per request (both servers are bound by
+                # their one core): steadier than rates while neighbours come and go.
+                "ceiling_cpu_ms_per_post": round(statistics.median(ceiling_cpu), 3),
+                "single_cpu_ms_per_send": round(statistics.median(single_cpu), 3),
+                "single_fraction_of_ceiling_by_cpu": round(statistics.median(cpu_ratios), 2),
+                "rounds": [{"ceiling": round(c), "single": round(s), "fraction": round(r, 2),
+                            "fraction_by_cpu": round(cr, 2)}
+                           for c, s, r, cr in zip(ceilings, singles, ratios, cpu_ratios)],
                 "single_errors": errors, "bulk_messages_per_s": round(bulk_rate),
                 "bulk_requests": opts.bulk_requests, "bulk_ok": ok, "concurrency": opts.concurrency}
     finally:
