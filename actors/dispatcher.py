@@ -9,7 +9,6 @@ over goes straight back to the queue.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import random
@@ -118,25 +117,27 @@ class Dispatcher:
             limit = min(capacity, MAX_BATCH)
             leases: dict[int, str] = {}
             planning: list[float] = []
+            snapshot, horizon = self.registry.ranking(now)
+            tired: list = []
 
-            def plan_here(due: list[dict]) -> list[tuple[str, int]]:
-                # In the event loop, between two of its steps: the phones as they are now,
-                # read from the registry's ranking as far as the batch needs.
+            def plan(due: list[dict]) -> list[tuple[str, int]]:
+                # On the claim's worker thread, while it holds the rows: the ranking as it was
+                # a moment ago, each phone as it is now, read only as far as the batch needs.
                 began = time.perf_counter()
                 batch = [(row["message_id"], row["segments"],
                           frozenset({row["avoid_gateway_id"]}) if row["avoid_gateway_id"] else frozenset())
                          for row in due]
-                with contextlib.closing(self.registry.ranked(trio.current_time())) as ranked:
-                    chosen = [(a.message_id, a.gateway_id) for a in plan_ranked(batch, ranked)]
-                for _, gateway_id in chosen:
-                    leases[gateway_id] = self.registry.get(gateway_id).lease
+                chosen = []
+                for a in plan_ranked(batch, self.registry.read_ranking(snapshot, horizon, now, tired)):
+                    actor = self.registry.get(a.gateway_id)
+                    if actor is not None:  # gone meanwhile: the message stays queued
+                        leases[a.gateway_id] = actor.lease
+                        chosen.append((a.message_id, a.gateway_id))
                 planning.append(time.perf_counter() - began)
                 return chosen
 
-            def plan(due: list[dict]) -> list[tuple[str, int]]:
-                return trio.from_thread.run_sync(plan_here, due)  # claim runs on a worker thread
-
             rows, left = await self.store.run(messages_store.claim_for_dispatch, limit, plan, leases)
+            self.registry.rest(tired, now)
             self.bookkeeping += sum(planning)
             if not rows:
                 self._backlog = left > 0 or self._arrivals != arrivals

@@ -76,6 +76,7 @@ class GatewayActor:
     # The registry's bookkeeping of this actor (see `GatewayRegistry.updated`).
     _on_change: Callable[["GatewayActor"], None] | None = None
     stamp: int = 0  # which of the registry's candidate entries for this actor is current
+    prev_stamp: int = 0  # ... and which was current when the latest ranking was taken
     room: int = 0   # what this actor adds to the registry's `free`
 
     @property
@@ -266,9 +267,10 @@ class GatewayRegistry:
     """The node's live gateway actors, by gateway id. Newer connections replace older ones.
 
     It also keeps what the dispatcher asks each round without looking at every phone: `free`,
-    the messages the node's phones can still take, and the phones with room in rank order
-    (`ranked`). Both are updated as a phone changes (`updated`, called by the actor), so a
-    round over thousands of idle phones reads about as many phones as it has messages.
+    the messages the node's phones can still take, and the phones with room in rank order (a
+    heap: `ranking`, `read_ranking`). Both are updated as a phone changes (`updated`, called by the
+    actor), so a round over thousands of idle phones reads about as many phones as it places
+    messages.
     """
 
     default_rate_per_minute: int
@@ -281,6 +283,7 @@ class GatewayRegistry:
     # (ready_at, stamp, gateway_id): phones out of send budget, back in `_ranked` at ready_at.
     _resting: list[tuple[float, int, int]] = attrs.Factory(list)
     _stamps: int = 0
+    _horizon: int = 0  # the last stamp given out when the latest ranking was taken
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The keepalive of every socket on this node: one ticker, not a task per phone.
@@ -323,46 +326,78 @@ class GatewayRegistry:
             room = max(0, actor.window - len(actor.in_flight))
         self.free += room - actor.room
         actor.room = room
+        self._restamp(actor)
+        if room:
+            self._enter(actor)
+
+    def _restamp(self, actor: GatewayActor) -> None:
+        if actor.stamp <= self._horizon:  # the stamp the latest `ranking` knows, kept
+            actor.prev_stamp = actor.stamp
         self._stamps += 1
         actor.stamp = self._stamps
-        if room:
-            heapq.heappush(self._ranked, (actor.priority, len(actor.in_flight), actor.gateway_id, actor.stamp))
-            if len(self._ranked) > 2 * len(self._actors) + 64:
-                self._ranked = [e for e in self._ranked if self._current(e[2], e[3]) is not None]
-                heapq.heapify(self._ranked)
+
+    def _enter(self, actor: GatewayActor) -> None:
+        heapq.heappush(self._ranked, (actor.priority, len(actor.in_flight), actor.gateway_id, actor.stamp))
+        if len(self._ranked) > 2 * len(self._actors) + 64:
+            self._ranked = [e for e in self._ranked if self._current(e[2], e[3]) is not None]
+            heapq.heapify(self._ranked)
 
     def _current(self, gateway_id: int, stamp: int) -> GatewayActor | None:
         actor = self._actors.get(gateway_id)
         return actor if actor is not None and actor.stamp == stamp else None
 
-    def ranked(self, now: float) -> Iterator[GatewayView]:
-        """Views of the phones with room, best first (priority, load, id), read lazily.
-
-        A phone out of send budget rests until its bucket holds a segment again instead of
-        being read every round. Entries read are put back when the iterator is closed: use it
-        within one step of the event loop (the ranking must not change meanwhile) and close it.
-        """
+    def ranking(self, now: float) -> tuple[list[tuple[int, int, int, int]], int]:
+        """A copy of the ranking as it is now, and the last stamp given out: what
+        `read_ranking` reads (on a worker thread while a claim holds its rows). Phones whose
+        rest ended are back in it."""
         ranked, resting = self._ranked, self._resting
         while resting and resting[0][0] <= now:
             _, stamp, gateway_id = heapq.heappop(resting)
             if (actor := self._current(gateway_id, stamp)) is not None:
-                heapq.heappush(ranked, (actor.priority, len(actor.in_flight), gateway_id, stamp))
-        read: list[tuple[int, int, int, int]] = []
+                self._enter(actor)
+        self._horizon = self._stamps
+        return list(ranked), self._horizon
+
+    def read_ranking(self, snapshot: list[tuple[int, int, int, int]], horizon: int, now: float,
+             tired: list[tuple[GatewayActor, int]]) -> Iterator[GatewayView]:
+        """Views of the phones in a `snapshot`, best first, as they are now; phones out of send
+        budget go to `tired` (for `rest`). Safe on a worker thread: it changes nothing but the
+        snapshot (a copy) and `tired`. A phone that changed since the snapshot is read as it is
+        now, at its place in the snapshot."""
+        seen: set[int] = set()
+        while snapshot:
+            _, _, gateway_id, stamp = heapq.heappop(snapshot)
+            actor = self._actors.get(gateway_id)
+            if actor is None or gateway_id in seen:
+                continue
+            current = actor.stamp
+            if stamp != current and not (current > horizon and stamp == actor.prev_stamp):
+                continue  # out of date before the snapshot was taken
+            seen.add(gateway_id)
+            view = actor.view(now)
+            if not (view.active and view.online and view.subscribed):
+                continue
+            if view.budget < 1:
+                tired.append((actor, current))
+                continue
+            yield view
+
+    def rest(self, tired: list[tuple[GatewayActor, int]], now: float) -> None:
+        """Phones `read_ranking` found out of send budget leave the ranking until their bucket holds a
+        segment again (unless they changed meanwhile): rounds do not read them in vain."""
+        for actor, stamp in tired:
+            if actor.stamp == stamp and self._actors.get(actor.gateway_id) is actor:
+                self._restamp(actor)
+                heapq.heappush(self._resting, (now + actor.bucket.wait_time(1, now), actor.stamp, actor.gateway_id))
+
+    def ranked(self, now: float) -> Iterator[GatewayView]:
+        """`read_ranking` over a fresh `ranking`, then `rest`: the ranking read in the event loop."""
+        snapshot, horizon = self.ranking(now)
+        tired: list[tuple[GatewayActor, int]] = []
         try:
-            while ranked:
-                entry = heapq.heappop(ranked)
-                actor = self._current(entry[2], entry[3])
-                if actor is None:
-                    continue  # out of date: dropped for good
-                view = actor.view(now)
-                if view.budget < 1:
-                    heapq.heappush(resting, (now + actor.bucket.wait_time(1, now), entry[3], entry[2]))
-                    continue
-                read.append(entry)
-                yield view
+            yield from self.read_ranking(snapshot, horizon, now, tired)
         finally:
-            for entry in read:
-                heapq.heappush(ranked, entry)
+            self.rest(tired, now)
 
     def get(self, gateway_id: int) -> GatewayActor | None:
         return self._actors.get(gateway_id)

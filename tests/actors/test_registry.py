@@ -114,3 +114,21 @@ async def test_a_phone_out_of_budget_rests_until_its_bucket_refills():
     assert _ranked(registry, now) == [2]  # the limited phone has room but no budget: resting
     assert _ranked(registry, now + 10) == [2]
     assert _ranked(registry, now + 31) == [1, 2]  # one segment back after 30 s
+
+
+async def test_a_ranking_read_after_phones_changed_sees_them_as_they_are_now():
+    registry = GatewayRegistry(default_rate_per_minute=0)
+    for gateway_id in (1, 2, 3, 4):
+        _actor(registry, gateway_id)
+    registry.get(1).hand(_row(1))
+    now = trio.current_time()
+    snapshot, horizon = registry.ranking(now)  # taken before the claim
+    registry.settled(1, "m1")                   # then, while the claim runs: changed once
+    registry.get(2).hand(_row(2))               # changed twice
+    registry.get(2).hand(_row(3))
+    registry.get(3).close("replaced")           # no longer online
+    registry.detach(registry.get(4))            # gone
+    views = list(registry.read_ranking(snapshot, horizon, now, []))
+    # at their places in the snapshot (2 had no load then, 1 had one), as they are now
+    assert [(v.gateway_id, v.in_flight) for v in views] == [(2, 2), (1, 0)]
+    assert _ranked(registry, now) == [1, 2]  # a fresh ranking has every phone with room
