@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds for every idle phone to subscribe; past it, measure what is up")
     p.add_argument("--bulk", type=int, default=500, metavar="N",
                    help="then the same messages through send_bulk, N entries a request (0 skips)")
+    p.add_argument("--paced-rate", type=float,
+                   help="the paced run's rate (default half the saturated run's delivered rate)")
     p.add_argument("--ceiling-seconds", type=float, default=5.0)
     p.add_argument("--profile-messages", type=int, help="messages in the profiled run (default a quarter)")
     p.add_argument("--profile-bulk", action="store_true", help="profile the send_bulk run, not single sends")
@@ -91,7 +93,7 @@ async def run_bench(opts: argparse.Namespace) -> dict:
         async with running_server(env, work / "server-a.log") as server:
             async with running_fleet(server.url, opts.gateways, work, prefix="bench") as fleet:
                 results["throughput"] = await scenario_throughput(server, fleet, dsn, client_key, opts)
-                rate = min(1_000.0, 0.5 * (results["throughput"]["delivered_per_s"] or 0)) or 100.0
+                rate = opts.paced_rate or min(1_000.0, 0.5 * (results["throughput"]["delivered_per_s"] or 0)) or 100.0
                 count = max(500, min(opts.messages // 4, int(rate * 15)))
                 results["paced"] = await scenario_throughput(server, fleet, dsn, client_key, opts,
                                                              count=count, rate=rate)
