@@ -7,15 +7,18 @@ bad setting prints one line naming the variable and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import logging
+import os
 import sys
 
 import attrs
 import trio
 
 from config import ConfigError, Settings, load_settings
+from workers import LISTEN_FD_VARIABLE, check_workers, run_workers
 
 __all__ = ["main", "tune_gc"]
 
@@ -65,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run a node (REST + /cable)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="node processes on this machine, sharing the port "
+                                                    "(default WORKERS or 1; more than one needs REDIS_URL)")
     sub.add_parser("migrate", help="apply pending database migrations")
     sub.add_parser("seed", help="create a demo gateway and an admin client key; print both once")
     keys = sub.add_parser("keys", help="manage client API keys").add_subparsers(dest="keys_command", required=True)
@@ -93,14 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         if args.command == "serve":
-            overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+            overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
+                         if v is not None}
             if "port" in overrides and not 0 <= overrides["port"] <= 65535:
                 raise ConfigError("--port", "must be between 0 and 65535")
             settings = attrs.evolve(settings, **overrides)
+            check_workers(settings)
     except ConfigError as exc:
         print(f"smsgw: configuration error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings)
+    if args.command == "serve" and settings.workers > 1 and LISTEN_FD_VARIABLE not in os.environ:
+        return run_workers(settings)
     if args.command == "serve":
         import supervisor
 
@@ -109,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         # per round trip. 0.5 ms keeps transactions short under load (bench: +5-10 % single sends).
         sys.setswitchinterval(0.0005)
         tune_gc()
+        # A worker of `smsgw serve --workers N` accepts on the socket its parent made.
+        listen_fd = os.environ.get(LISTEN_FD_VARIABLE)
         try:
-            trio.run(supervisor.serve, settings)
+            trio.run(functools.partial(supervisor.serve, settings, bind=f"fd://{listen_fd}" if listen_fd else None))
         except KeyboardInterrupt:
             return 0
         except BaseExceptionGroup as group:

@@ -157,10 +157,11 @@ def build_node(settings: Settings, store) -> Node:
 
 async def serve(settings: Settings, *, dsn: str | None = None, shutdown: trio.Event | None = None,
                 install_signals: bool = True, node_ready: Callable[[Node], None] | None = None,
-                task_status=trio.TASK_STATUS_IGNORED) -> None:
+                bind: str | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run one node until SIGINT/SIGTERM (or `shutdown` is set); `task_status` gets the binds.
 
-    `node_ready` is handed the wired node before it serves (tests and embedding use it)."""
+    `node_ready` is handed the wired node before it serves (tests and embedding use it);
+    `bind` replaces HOST:PORT (Hypercorn's form: a worker gets `fd://N`)."""
     settings = ensure_secret(settings)
     dsn = dsn or await trio.to_thread.run_sync(database_url, settings)
     applied = await trio.to_thread.run_sync(apply_migrations, dsn)
@@ -183,7 +184,7 @@ async def serve(settings: Settings, *, dsn: str | None = None, shutdown: trio.Ev
             for name, actor_run in _later_actors(node):
                 await tree.start(supervised, name, actor_run)
             config = HypercornConfig()
-            config.bind = [f"{settings.host}:{settings.port}"]
+            config.bind = [bind or f"{settings.host}:{settings.port}"]
             config.graceful_timeout = GRACEFUL_SECONDS
             config.accesslog = None
             config.errorlog = logging.getLogger("hypercorn.error")

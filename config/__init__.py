@@ -62,6 +62,7 @@ class Settings:
     metrics_token: str | None = None  # None: GET /metrics needs no key
     redis_prefix: str = "smsgw"  # every Redis key and channel of the backplane starts with it
     node_id: str | None = None   # None: a random id per process (the backplane's presence)
+    workers: int = 1  # `smsgw serve` processes on this machine (more than one needs Redis)
 
     def websocket_url(self, request_host: str | None = None, scheme: str = "http") -> str:
         """The `/cable` URL a newly registered gateway is told to open."""
@@ -112,6 +113,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         metrics_token=_metrics_token(read.text("METRICS_TOKEN")),
         redis_prefix=_identifier("REDIS_PREFIX", read.text("REDIS_PREFIX")) or "smsgw",
         node_id=_identifier("NODE_ID", read.text("NODE_ID")),
+        workers=read.integer("WORKERS", 1, low=1, high=256),
     )
 
 

@@ -13,11 +13,14 @@ def test_defaults():
     assert s.default_country_code == "US"
     assert s.rate_limit_per_key_per_minute == 600 and s.rate_limit_register_per_minute == 20
     assert s.gateway_send_rate_per_minute == 30
+    assert s.workers == 1
     assert s.sms_retry_delays == (30.0, 120.0, 480.0)
 
 
 @pytest.mark.parametrize("env, variable", [
     ({"PORT": "70000"}, "PORT"),
+    ({"WORKERS": "0"}, "WORKERS"),
+    ({"WORKERS": "two"}, "WORKERS"),
     ({"PORT": "-1"}, "PORT"),
     ({"PORT": "http"}, "PORT"),
     ({"DEFAULT_COUNTRY_CODE": "XX"}, "DEFAULT_COUNTRY_CODE"),

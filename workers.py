@@ -1,0 +1,119 @@
+"""`smsgw serve --workers N`: one node per core on one machine.
+
+A Python process computes on one core at a time. With `--workers N` this process starts N
+worker processes, each a whole node (its own actors, database pool and phones), all accepting
+from one listening socket made here (the kernel spreads the connections over them) and sharing
+wake-ups and presence through Redis, as nodes on separate machines do. This process only
+supervises: it makes the database and the secret ready once, starts the workers, starts again
+one that dies (after a backoff), and passes SIGTERM/SIGINT on, waiting for each to finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+
+import attrs
+import trio
+
+from config import ConfigError, Settings, ensure_secret
+
+__all__ = ["LISTEN_FD_VARIABLE", "check_workers", "run_workers"]
+
+log = logging.getLogger("smsgw.workers")
+
+LISTEN_FD_VARIABLE = "SMSGW_LISTEN_FD"  # set by this process for its workers: the shared socket
+RESTART_BASE = 1.0       # seconds before starting a dead worker again, doubling up to 30 s
+STEADY_AFTER = 60.0      # a worker that ran this long starts again after RESTART_BASE
+STOP_GRACE = 35.0        # a worker's own graceful shutdown is 30 s; then it is killed
+
+
+def check_workers(settings: Settings) -> None:
+    """ConfigError unless `settings.workers` can run with these settings."""
+    if not 1 <= settings.workers <= 256:
+        raise ConfigError("WORKERS (--workers)", f"must be between 1 and 256, got {settings.workers}")
+    if settings.workers > 1 and not settings.redis_url:
+        raise ConfigError("WORKERS (--workers)", "more than one worker needs REDIS_URL: the workers share "
+                                     "wake-ups and phone presence through it")
+
+
+def run_workers(settings: Settings) -> int:
+    """Run `settings.workers` nodes on this machine until SIGTERM/SIGINT; the exit code."""
+    workers = settings.workers
+    import supervisor
+    from store.migrate import apply_migrations
+
+    settings = ensure_secret(settings)  # one secret for all (OTP codes are checked by any worker)
+    dsn = supervisor.database_url(settings)  # the embedded database, if any, starts once, here
+    applied = apply_migrations(dsn)
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    listener = socket.create_server((settings.host, settings.port), backlog=2048)
+    listener.set_inheritable(True)
+    host, port = listener.getsockname()[:2]
+    base = (settings.node_id or secrets.token_hex(3))[:56]
+    env = {**os.environ, "DATABASE_URL": dsn, "SECRET_KEY_BASE": settings.secret_key_base,
+           LISTEN_FD_VARIABLE: str(listener.fileno())}
+    pool = _Workers(argv=[sys.executable, "-c", "import sys, cli; sys.exit(cli.main(['serve']))"],
+                    envs=[{**env, "NODE_ID": f"{base}-{i}"} for i in range(workers)],
+                    fd=listener.fileno())
+    log.info("serving on http://%s:%d with %d workers", host, port, workers)
+    try:
+        trio.run(pool.run)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.close()
+    return 0
+
+
+@attrs.define(eq=False)
+class _Workers:
+    argv: list[str]
+    envs: list[dict[str, str]]
+    fd: int
+    stopping: bool = False
+    processes: dict[int, trio.Process] = attrs.Factory(dict)
+
+    async def run(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                for index in range(len(self.envs)):
+                    nursery.start_soon(self._keep, index)
+                async for signum in signals:
+                    log.info("%s: stopping %d workers", signal.Signals(signum).name, len(self.processes))
+                    self.stopping = True
+                    for process in list(self.processes.values()):
+                        if process.returncode is None:
+                            process.send_signal(signal.SIGTERM)
+                    break
+                with trio.move_on_after(STOP_GRACE) as grace:
+                    while any(p.returncode is None for p in self.processes.values()):
+                        await trio.sleep(0.1)
+                if grace.cancelled_caught:
+                    log.warning("workers still running after %.0f s: killed", STOP_GRACE)
+                nursery.cancel_scope.cancel()
+
+    async def _keep(self, index: int) -> None:
+        """Worker `index`, started again whenever it ends before we stop."""
+        delay = RESTART_BASE
+        while not self.stopping:
+            started = trio.current_time()
+            process = await trio.lowlevel.open_process(self.argv, env=self.envs[index], pass_fds=(self.fd,))
+            self.processes[index] = process
+            log.info("worker %d started (pid %d)", index, process.pid)
+            try:
+                code = await process.wait()
+            finally:
+                if process.returncode is None:  # cancelled: the grace period is over
+                    process.kill()
+            if self.stopping:
+                return
+            delay = RESTART_BASE if trio.current_time() - started > STEADY_AFTER else min(delay * 2, 30.0)
+            log.error("worker %d (pid %d) ended with code %s; starting it again in %.0f s",
+                      index, process.pid, code, delay)
+            await trio.sleep(delay)
