@@ -96,7 +96,7 @@ def match_latencies(accepted_at: dict[str, float], fleet: dict) -> dict:
 @attrs.define
 class _CpuWatch:
     """CPU time of some processes (% of one core each) and how busy the whole machine was (% of
-    all cores), between `start` and `stop`, from /proc."""
+    all cores), between `start` and `stop`, from /proc. The `server` counts with its workers."""
 
     pids: dict[str, int]
     wall: float
@@ -106,22 +106,46 @@ class _CpuWatch:
 
     @classmethod
     def start(cls, pids: dict[str, int]) -> "_CpuWatch":
-        return cls(pids, time.monotonic(), {k: _process_cpu(p) for k, p in pids.items()}, *_machine_jiffies())
+        return cls(pids, time.monotonic(), {k: _process_cpu(p, tree=k == "server") for k, p in pids.items()},
+                   *_machine_jiffies())
 
     seconds: dict[str, float] = attrs.Factory(dict)  # CPU seconds of each process up to the last stop
 
     def stop(self) -> tuple[dict[str, float], float]:
         busy, total = _machine_jiffies()
         wall = time.monotonic() - self.wall
-        self.seconds = {k: _process_cpu(p) - self.used[k] for k, p in self.pids.items()}
+        self.seconds = {k: _process_cpu(p, tree=k == "server") - self.used[k] for k, p in self.pids.items()}
         return ({k: round(100 * used / wall, 1) for k, used in self.seconds.items()},
                 round(100 * (busy - self.busy) / max(1, total - self.total), 1))
 
 
-def _process_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+def _process_cpu(pid: int, *, tree: bool = False) -> float:
+    """CPU seconds of `pid` (with `tree`, and of its live children: the workers of
+    `smsgw serve --workers`)."""
+    total = 0
+    for one in process_tree(pid) if tree else [pid]:
+        try:
+            with open(f"/proc/{one}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live child processes, from /proc."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and entry != str(pid):
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                children.append(int(entry))
+    return [pid, *children]
 
 
 def _machine_jiffies() -> tuple[int, int]:
@@ -186,11 +210,16 @@ def drop_database(dsn: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
-def server_env(dsn: str, work: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "PORT", "HOST")}
+def server_env(dsn: str, work: Path, *, workers: int = 1) -> dict[str, str]:
+    """One node on its own; with `workers` > 1, `smsgw serve --workers` on the machine's Redis
+    (BENCH_REDIS_URL, default redis://127.0.0.1:6379/0) under a prefix of its own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "PORT", "HOST", "WORKERS")}
     env.update(DATABASE_URL=dsn, GATEWAY_SEND_RATE_PER_MINUTE="0", RATE_LIMIT_PER_KEY_PER_MINUTE="0",
                RATE_LIMIT_REGISTER_PER_MINUTE="0", LOG_LEVEL="WARNING", SMSGW_VAR_DIR=str(work / "var"),
                SECRET_KEY_BASE="bench-" + secrets.token_hex(16), DEFAULT_COUNTRY_CODE="US")
+    if workers > 1:
+        env.update(WORKERS=str(workers), REDIS_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                   REDIS_PREFIX="bench_" + secrets.token_hex(4))
     return env
 
 
@@ -216,12 +245,15 @@ class Server:
         return self.process.pid
 
     def rss(self) -> int:
-        """Resident set size of the server process in bytes."""
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        """Resident set size of the server process (and its workers, if any) in bytes."""
+        total = 0
+        for pid in process_tree(self.pid):
+            try:
+                with open(f"/proc/{pid}/status") as status:
+                    total += next((int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:")), 0)
+            except OSError:
+                continue
+        return total
 
 
 @asynccontextmanager

@@ -88,6 +88,13 @@ def _short(frame: str) -> str:
     return f"{name} ({where})"
 
 
+def _server_kind(opts) -> str:
+    workers = getattr(opts, "workers", 1)
+    return ("one `smsgw serve` process" if workers == 1 else
+            f"`smsgw serve --workers {workers}` ({workers} node processes on the local Redis; CPU and RSS "
+            "are the sum of the workers')")
+
+
 def results_section(r: dict, opts) -> str:
     m, a, p, b = r["machine"], r["throughput"], r["paced"], r.get("bulk")
     ceiling, idle = r["ceiling"], r.get("idle")
@@ -104,7 +111,7 @@ def results_section(r: dict, opts) -> str:
         f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC — {_run_kind(opts)}",
         "",
         f"Machine: {m['nproc']} × {m['cpu']}, {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}, "
-        f"PostgreSQL {m['postgresql']}; commit {m['commit']}. Server: one `smsgw serve` process, defaults "
+        f"PostgreSQL {m['postgresql']}; commit {m['commit']}. Server: {_server_kind(opts)}, defaults "
         "(DB_POOL_SIZE 10) but GATEWAY_SEND_RATE_PER_MINUTE=0 and rate limits off; phones and senders in "
         "their own processes on the same cores. Load average (1/5/15 min) "
         f"{_load(r['load_before'])} before, {_load(r['load_after'])} after (other sessions share this machine).",

@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds for every idle phone to subscribe; past it, measure what is up")
     p.add_argument("--bulk", type=int, default=500, metavar="N",
                    help="then the same messages through send_bulk, N entries a request (0 skips)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes (`smsgw serve --workers`, on the local Redis; default 1: the targets' setup)")
     p.add_argument("--paced-rate", type=float,
                    help="the paced run's rate (default half the saturated run's delivered rate)")
     p.add_argument("--ceiling-seconds", type=float, default=5.0)
@@ -87,7 +89,7 @@ async def run_bench(opts: argparse.Namespace) -> dict:
     results: dict = {"machine": await trio.to_thread.run_sync(machine_facts, ADMIN_URL), "work_dir": str(work),
                      "load_before": os.getloadavg()}
     dsn = await trio.to_thread.run_sync(create_database)
-    env = server_env(dsn, work)
+    env = server_env(dsn, work, workers=opts.workers)
     try:
         client_key = await trio.to_thread.run_sync(create_client_key, env)
         async with running_server(env, work / "server-a.log") as server:
