@@ -10,25 +10,15 @@ import signal
 import coredis
 import httpx
 
+from bench.harness import process_tree
 from tests.conftest import clean, phone, wait_for
 from tests.test_cluster import MAIN_REDIS
 from tests.test_process import Process, cli
 
 
 def _workers_of(pid: int) -> set[int]:
-    """The live (not zombie) child processes of `pid`, from /proc."""
-    children = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            children.add(int(entry))
-    return children
+    """The live (not zombie) child processes of `pid`."""
+    return set(process_tree(pid)[1:])
 
 
 def test_several_workers_without_redis_is_a_configuration_error(database_url):
