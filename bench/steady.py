@@ -50,7 +50,7 @@ async def measure(opts) -> list[dict]:
     results = []
     accepted_at: list[dict[str, float]] = []
     try:
-        env = server_env(dsn, work)
+        env = server_env(dsn, work, workers=opts.workers)
         key = create_client_key(env)
         async with running_server(env, work / "server.log") as server:
             async with running_fleet(server.url, opts.gateways, work, prefix="steady") as fleet:
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--gateways", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=128)
+    p.add_argument("--workers", type=int, default=1, help="server processes (`smsgw serve --workers`)")
     opts = p.parse_args(argv)
     opts.rates = [float(r) for r in opts.rates.split(",")]
     print(json.dumps(trio.run(measure, opts), indent=2))
