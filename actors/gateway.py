@@ -74,7 +74,7 @@ class GatewayActor:
     _outbound_ready: trio.Event | None = None
     _writing_since: float | None = None  # when the write under way began
     # The registry's bookkeeping of this actor (see `GatewayRegistry.updated`).
-    _on_change: Callable[["GatewayActor"], None] | None = None
+    _registry: "GatewayRegistry | None" = None  # told of changes (a reference: no bound method per phone)
     stamp: int = 0  # which of the registry's candidate entries for this actor is current
     prev_stamp: int = 0  # ... and which was current when the latest ranking was taken
     room: int = 0   # what this actor adds to the registry's `free`
@@ -107,8 +107,8 @@ class GatewayActor:
         self._changed()
 
     def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change(self)
+        if self._registry is not None:
+            self._registry.updated(self)
 
     @property
     def subscribed(self) -> bool:
@@ -301,7 +301,7 @@ class GatewayRegistry:
         """Register `actor`; return the older actor of the same gateway it replaces, if any."""
         older = self._actors.get(actor.gateway_id)
         self._actors[actor.gateway_id] = actor
-        actor._on_change = self.updated
+        actor._registry = self
         self.updated(actor)
         if older is not None and older is not actor:
             self.updated(older)  # no longer registered: it counts for nothing
