@@ -268,9 +268,9 @@ class GatewayRegistry:
 
     It also keeps what the dispatcher asks each round without looking at every phone: `free`,
     the messages the node's phones can still take, and the phones with room in rank order (a
-    heap: `ranking`, `read_ranking`). Both are updated as a phone changes (`updated`, called by the
-    actor), so a round over thousands of idle phones reads about as many phones as it places
-    messages.
+    heap: `ranking`, `read_ranking`). Both are updated as a phone changes (`updated`, called by
+    the actor), so a round over thousands of idle phones reads about as many phones as it
+    places messages.
     """
 
     default_rate_per_minute: int
@@ -350,16 +350,16 @@ class GatewayRegistry:
         """A copy of the ranking as it is now, and the last stamp given out: what
         `read_ranking` reads (on a worker thread while a claim holds its rows). Phones whose
         rest ended are back in it."""
-        ranked, resting = self._ranked, self._resting
+        resting = self._resting
         while resting and resting[0][0] <= now:
             _, stamp, gateway_id = heapq.heappop(resting)
             if (actor := self._current(gateway_id, stamp)) is not None:
-                self._enter(actor)
+                self._enter(actor)  # (may compact: `_ranked` is read only after this)
         self._horizon = self._stamps
-        return list(ranked), self._horizon
+        return list(self._ranked), self._horizon
 
     def read_ranking(self, snapshot: list[tuple[int, int, int, int]], horizon: int, now: float,
-             tired: list[tuple[GatewayActor, int]]) -> Iterator[GatewayView]:
+                     tired: list[tuple[GatewayActor, int]]) -> Iterator[GatewayView]:
         """Views of the phones in a `snapshot`, best first, as they are now; phones out of send
         budget go to `tired` (for `rest`). Safe on a worker thread: it changes nothing but the
         snapshot (a copy) and `tired`. A phone that changed since the snapshot is read as it is
@@ -383,8 +383,8 @@ class GatewayRegistry:
             yield view
 
     def rest(self, tired: list[tuple[GatewayActor, int]], now: float) -> None:
-        """Phones `read_ranking` found out of send budget leave the ranking until their bucket holds a
-        segment again (unless they changed meanwhile): rounds do not read them in vain."""
+        """Phones `read_ranking` found out of send budget leave the ranking until their bucket
+        holds a segment again (unless they changed meanwhile): rounds do not read them in vain."""
         for actor, stamp in tired:
             if actor.stamp == stamp and self._actors.get(actor.gateway_id) is actor:
                 self._restamp(actor)
