@@ -10,6 +10,7 @@ one that dies (after a backoff), and passes SIGTERM/SIGINT on, waiting for each 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import secrets
@@ -103,7 +104,10 @@ class _Workers:
         delay = RESTART_BASE
         while not self.stopping:
             started = trio.current_time()
-            process = await trio.lowlevel.open_process(self.argv, env=self.envs[index], pass_fds=(self.fd,))
+            # A session of its own: Ctrl-C in a terminal reaches this process alone, which then
+            # asks each worker once (a second signal would end a worker's graceful shutdown).
+            process = await trio.lowlevel.open_process(self.argv, env=self.envs[index], pass_fds=(self.fd,),
+                                                       start_new_session=True, preexec_fn=_die_with_parent)
             self.processes[index] = process
             log.info("worker %d started (pid %d)", index, process.pid)
             try:
@@ -117,3 +121,12 @@ class _Workers:
             log.error("worker %d (pid %d) ended with code %s; starting it again in %.0f s",
                       index, process.pid, code, delay)
             await trio.sleep(delay)
+
+
+def _die_with_parent() -> None:
+    """In a new worker, before it runs: SIGTERM when this process dies (Linux), so a supervisor
+    killed with -9 leaves no worker holding the port."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the workers outlive a killed supervisor

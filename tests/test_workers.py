@@ -89,3 +89,23 @@ def _is_zombie(pid: int) -> bool:
             return stat.read().rpartition(")")[2].split()[0] == "Z"
     except OSError:
         return True
+
+
+async def test_workers_end_when_their_supervisor_is_killed(database_url):
+    clean(database_url)
+    prefix = f"test_{secrets.token_hex(4)}"
+    node = Process(database_url, WORKERS="2", REDIS_URL=MAIN_REDIS, REDIS_PREFIX=prefix)
+    try:
+        await node.start()
+        workers = await wait_for(lambda: len(_workers_of(node.proc.pid)) == 2 and _workers_of(node.proc.pid),
+                                 timeout=10)
+        node.proc.kill()
+        await node.wait(timeout=5)
+        await wait_for(lambda: all(_is_zombie(pid) for pid in workers), timeout=15)  # gone (or reaped by init)
+    finally:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.kill()
+        async with coredis.Redis.from_url(MAIN_REDIS, decode_responses=True) as redis:
+            keys = [k async for k in redis.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await redis.delete(keys)
