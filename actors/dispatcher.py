@@ -123,6 +123,8 @@ class Dispatcher:
             def plan(due: list[dict]) -> list[tuple[str, int]]:
                 # On the claim's worker thread, while it holds the rows: the ranking as it was
                 # a moment ago, each phone as it is now, read only as far as the batch needs.
+                # (A claim retried after a deadlock reads on from where the first try stopped:
+                # fewer phones, so some messages may wait for the next round; none is lost.)
                 began = time.perf_counter()
                 batch = [(row["message_id"], row["segments"],
                           frozenset({row["avoid_gateway_id"]}) if row["avoid_gateway_id"] else frozenset())
