@@ -34,6 +34,15 @@ async def test_cors_preflight_and_headers(server):
     assert r.headers["Access-Control-Allow-Origin"] == "*"
 
 
+async def test_a_request_without_origin_gets_no_cors_headers_but_varies_on_origin(server):
+    r = await server.http.get("/up")
+    assert r.status_code == 200
+    assert not any(h.lower().startswith("access-control-") for h in r.headers)
+    assert "Origin" in r.headers["Vary"]  # a shared cache must not serve it to a browser's request
+    r = await server.http.get("/up", headers={"Origin": "https://app.example"})
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
 async def test_cors_with_an_origin_list(database_url):
     from tests.conftest import clean, running_node
     clean(database_url)
