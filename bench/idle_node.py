@@ -50,8 +50,8 @@ async def measure(sockets: int) -> str:
                 after = await _steady_rss(server)
                 fleet.kill()
                 nursery.cancel_scope.cancel()
-        _, up, extensions = line.decode().split(maxsplit=2)
-        return (f"{up} `ws` sockets (extensions {extensions.strip()}): "
+        _, up, retried, extensions = line.decode().split(maxsplit=3)
+        return (f"{up} `ws` sockets (extensions {extensions.strip()}; {retried} opens retried after a reset): "
                 f"{(after - before) / int(up) / 1024:.1f} KB of server RSS each")
     finally:
         await trio.to_thread.run_sync(drop_database, dsn)
