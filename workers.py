@@ -38,16 +38,16 @@ def check_workers(settings: Settings) -> None:
     if not 1 <= settings.workers <= 256:
         raise ConfigError("WORKERS (--workers)", f"must be between 1 and 256, got {settings.workers}")
     if settings.workers > 1 and not settings.redis_url:
-        raise ConfigError("WORKERS (--workers)", "more than one worker needs REDIS_URL: the workers share "
-                                     "wake-ups and phone presence through it")
+        raise ConfigError("WORKERS (--workers)", "more than one worker needs REDIS_URL: the workers "
+                                                 "share wake-ups and phone presence through it")
 
 
 def run_workers(settings: Settings) -> int:
     """Run `settings.workers` nodes on this machine until SIGTERM/SIGINT; the exit code."""
-    workers = settings.workers
     import supervisor
     from store.migrate import apply_migrations
 
+    workers = settings.workers
     settings = ensure_secret(settings)  # one secret for all (OTP codes are checked by any worker)
     dsn = supervisor.database_url(settings)  # the embedded database, if any, starts once, here
     applied = apply_migrations(dsn)
@@ -58,7 +58,7 @@ def run_workers(settings: Settings) -> int:
     host, port = listener.getsockname()[:2]
     base = (settings.node_id or secrets.token_hex(3))[:56]
     env = {**os.environ, "DATABASE_URL": dsn, "SECRET_KEY_BASE": settings.secret_key_base,
-           LISTEN_FD_VARIABLE: str(listener.fileno())}
+           "HOST": str(host), "PORT": str(port), LISTEN_FD_VARIABLE: str(listener.fileno())}
     pool = _Workers(argv=[sys.executable, "-c", "import sys, cli; sys.exit(cli.main(['serve']))"],
                     envs=[{**env, "NODE_ID": f"{base}-{i}"} for i in range(workers)],
                     fd=listener.fileno())
