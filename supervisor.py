@@ -24,7 +24,7 @@ from actors.backoff import RestartWindow, exponential_delay
 from actors.backplane import create_backplane
 from actors.clock import WallClock
 from actors.dispatcher import Dispatcher
-from actors.gateway import GatewayRegistry
+from actors.registry import GatewayRegistry
 from actors.heartbeats import HeartbeatWriter
 from actors.group_commit import GroupCommitter
 from actors.key_cache import KeyCache

@@ -27,7 +27,7 @@ from typing import Callable, Protocol
 import attrs
 import trio
 
-from actors.gateway import GatewayRegistry
+from actors.registry import GatewayRegistry
 from actors.rates import Gcra, RateDecision
 
 __all__ = ["Backplane", "LocalBackplane", "Presence", "create_backplane", "new_node_id",

@@ -41,7 +41,7 @@ from coredis.retry import NoRetryPolicy
 from actors.backoff import exponential_delay
 from actors.backplane import (ATTACH_LUA, GCRA_LUA, LEAVE_LUA, REFRESH_LUA, SNAPSHOT_READ_LUA, SNAPSHOT_WRITE_LUA,
                               Presence, decode_snapshot, encode_snapshot, merge_fleet)
-from actors.gateway import GatewayRegistry
+from actors.registry import GatewayRegistry
 from actors.rates import Gcra, RateDecision
 from store import gateways as gateways_store
 

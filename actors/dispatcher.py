@@ -22,7 +22,7 @@ from actors.group_commit import GroupCommitter
 
 from actors.backoff import SMS_RETRY_SCHEDULE, scheduled_delay
 from actors.choice import plan_ranked
-from actors.gateway import GatewayRegistry
+from actors.registry import GatewayRegistry
 from actors.metrics import NodeMetrics
 from store import messages as messages_store
 from store import reports as reports_store

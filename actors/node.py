@@ -20,7 +20,7 @@ class Node:
     # Filled in by the supervisor as it starts the tree; routes reach actors only through these.
     limits: Any = None       # web.ratelimit.RateLimits
     dispatcher: Any = None   # actors.dispatcher.Dispatcher (its wake() and mailbox)
-    gateways: Any = None     # actors.gateway.GatewayRegistry
+    gateways: Any = None     # actors.registry.GatewayRegistry
     heartbeats: Any = None   # actors.heartbeats.HeartbeatWriter: socket heartbeats, stored together
     keys: Any = None         # actors.key_cache.KeyCache: authentication lookups
     sends: Any = None        # actors.group_commit.GroupCommitter writing accepted messages

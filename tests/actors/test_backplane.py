@@ -19,7 +19,8 @@ import trio
 from actors.backplane import (GCRA_LUA, LocalBackplane, Presence, decode_snapshot, encode_snapshot, merge_fleet,
                               new_node_id)
 from actors.backplane_redis import RedisBackplane
-from actors.gateway import GatewayActor, GatewayRegistry
+from actors.gateway import GatewayActor
+from actors.registry import GatewayRegistry
 from actors.rates import Gcra, TokenBucket
 from config import ConfigError, load_settings
 from store.pool import open_store

@@ -150,7 +150,7 @@ async def test_rounds_whose_bookkeeping_is_slow_leave_the_loop_half_free(databas
     import attrs
 
     from actors.dispatcher import Dispatcher
-    from actors.gateway import GatewayRegistry
+    from actors.registry import GatewayRegistry
     from store.pool import open_store
 
     @attrs.define(eq=False)

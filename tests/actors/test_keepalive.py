@@ -4,7 +4,8 @@ import json
 
 import trio
 
-from actors.gateway import HEARTBEAT_TIMEOUT, PING_INTERVAL, SEND_DEADLINE, GatewayActor, GatewayRegistry
+from actors.gateway import HEARTBEAT_TIMEOUT, PING_INTERVAL, SEND_DEADLINE, GatewayActor
+from actors.registry import GatewayRegistry
 from actors.rates import TokenBucket
 
 

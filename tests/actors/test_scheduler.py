@@ -13,7 +13,8 @@ import trio
 import trio.testing
 
 from actors.clock import WallClock
-from actors.gateway import GatewayActor, GatewayRegistry
+from actors.gateway import GatewayActor
+from actors.registry import GatewayRegistry
 from actors.node import Node
 from actors.rates import TokenBucket
 from actors.scheduler import JOBS, Scheduler, due_at, due_jobs, next_due
