@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import signal
+from contextlib import asynccontextmanager
 
 import coredis
 import httpx
@@ -21,6 +22,25 @@ def _workers_of(pid: int) -> set[int]:
     return set(process_tree(pid)[1:])
 
 
+@asynccontextmanager
+async def running_workers(database_url: str, count: int = 2):
+    """`smsgw serve` with `count` workers on the machine's Redis under a fresh prefix, up and
+    with every worker started; yields the process and the worker pids. Cleans up after."""
+    prefix = f"test_{secrets.token_hex(4)}"
+    node = Process(database_url, WORKERS=str(count), REDIS_URL=MAIN_REDIS, REDIS_PREFIX=prefix)
+    try:
+        await node.start()
+        workers = await wait_for(lambda: len(now := _workers_of(node.proc.pid)) == count and now, timeout=10)
+        yield node, workers
+    finally:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.kill()
+        async with coredis.Redis.from_url(MAIN_REDIS, decode_responses=True) as redis:
+            keys = [k async for k in redis.scan_iter(match=f"{prefix}:*")]
+            if keys:
+                await redis.delete(keys)
+
+
 def test_several_workers_without_redis_is_a_configuration_error(database_url):
     done = cli(database_url, "serve", WORKERS="2")
     assert done.returncode == 2
@@ -33,13 +53,7 @@ def test_several_workers_without_redis_is_a_configuration_error(database_url):
 async def test_workers_share_the_port_come_back_after_kill_9_and_stop_on_sigterm(database_url):
     clean(database_url)
     key = json.loads(cli(database_url, "keys", "create", "--name", "t", "--json").stdout)["api_key"]
-    prefix = f"test_{secrets.token_hex(4)}"
-    node = Process(database_url, WORKERS="2", REDIS_URL=MAIN_REDIS, REDIS_PREFIX=prefix)
-    try:
-        await node.start()
-        workers = await wait_for(lambda: len(_workers_of(node.proc.pid)) == 2 and _workers_of(node.proc.pid),
-                                 timeout=10)
-
+    async with running_workers(database_url) as (node, workers):
         async def post(path: str, body: dict, auth: str | None = None) -> httpx.Response:
             # A connection of its own each time: the kernel hands connections to either worker.
             async with httpx.AsyncClient(base_url=node.url, timeout=10) as http:
@@ -74,13 +88,6 @@ async def test_workers_share_the_port_come_back_after_kill_9_and_stop_on_sigterm
         assert await node.wait(timeout=45) == 0
         assert not _workers_of(node.proc.pid)
         assert all(not os.path.exists(f"/proc/{pid}") or _is_zombie(pid) for pid in replaced)
-    finally:
-        if node.proc is not None and node.proc.poll() is None:
-            node.proc.kill()
-        async with coredis.Redis.from_url(MAIN_REDIS, decode_responses=True) as redis:
-            keys = [k async for k in redis.scan_iter(match=f"{prefix}:*")]
-            if keys:
-                await redis.delete(keys)
 
 
 def _is_zombie(pid: int) -> bool:
@@ -93,19 +100,7 @@ def _is_zombie(pid: int) -> bool:
 
 async def test_workers_end_when_their_supervisor_is_killed(database_url):
     clean(database_url)
-    prefix = f"test_{secrets.token_hex(4)}"
-    node = Process(database_url, WORKERS="2", REDIS_URL=MAIN_REDIS, REDIS_PREFIX=prefix)
-    try:
-        await node.start()
-        workers = await wait_for(lambda: len(_workers_of(node.proc.pid)) == 2 and _workers_of(node.proc.pid),
-                                 timeout=10)
+    async with running_workers(database_url) as (node, workers):
         node.proc.kill()
         await node.wait(timeout=5)
         await wait_for(lambda: all(_is_zombie(pid) for pid in workers), timeout=15)  # gone (or reaped by init)
-    finally:
-        if node.proc is not None and node.proc.poll() is None:
-            node.proc.kill()
-        async with coredis.Redis.from_url(MAIN_REDIS, decode_responses=True) as redis:
-            keys = [k async for k in redis.scan_iter(match=f"{prefix}:*")]
-            if keys:
-                await redis.delete(keys)
