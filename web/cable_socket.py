@@ -14,12 +14,16 @@ from urllib.parse import parse_qs
 
 import attrs
 import trio
-from hypercorn.protocol.events import Data
+from hypercorn.protocol.events import Data, Event
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
-from wsproto.events import TextMessage
-from wsproto.utilities import LocalProtocolError
+from wsproto.connection import ConnectionState
 
-__all__ = ["AsgiSocket"]
+from web.ws_frames import FrameReader, text_frame
+
+__all__ = ["AsgiSocket", "RECEIVE_MANY"]
+
+# The event our reader puts on Hypercorn's queue: every whole frame of one read at once.
+RECEIVE_MANY = "smsgw.websocket.receive_many"
 
 
 @attrs.define(eq=False)
@@ -29,6 +33,7 @@ class AsgiSocket:
     _send: Callable[[dict], Awaitable[None]]
     connected: bool = True   # False once the client went away (or never completed the handshake)
     _closed: bool = False    # our close was sent
+    _held: list = attrs.Factory(list)  # frames received and not yet returned by receive_many
     # Hypercorn's stream behind `send` (its bound `app_send`), for `send_many`; None elsewhere.
     _stream: WSStream | None = attrs.field(init=False)
     # Hypercorn's queue behind `receive` (its bound `MemoryReceiveChannel.receive`), for
@@ -68,40 +73,44 @@ class AsgiSocket:
             # each such socket then keeps zlib state of its own: an idle phone took 137 KB
             # instead of 40 KB, to compress frames of a few hundred bytes.
             self._stream.handshake.extensions = None
+            # Before the accept: the first frame may follow the 101 at once.
+            _read_frames_fast(self._stream)
         await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
         return True
 
     async def receive(self) -> str | bytes | None:
         """The next frame, or None once the client is gone."""
-        if not self.connected:
-            return None
-        return self._frame(await self._receive())
+        frames = await self.receive_many(1)
+        return frames[0] if frames else None
 
     async def receive_many(self, limit: int = 64) -> list[str | bytes] | None:
-        """The next frame and those already queued behind it (up to `limit`), or None once
+        """The next frame and those already received behind it (up to `limit`), or None once
         the client is gone. A phone writes frames in bursts (a report for each message it
         sent); taking the burst at once saves a wait on the queue per frame."""
-        first = await self.receive()
-        if first is None:
-            return None
-        frames = [first]
+        while not self._held:
+            if not self.connected:
+                return None
+            self._take(await self._receive())
         if self._queue is not None:
-            while len(frames) < limit and self.connected:
+            while len(self._held) < limit and self.connected:
                 try:
                     event = self._queue.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
-                frame = self._frame(event)
-                if frame is not None:
-                    frames.append(frame)
+                self._take(event)
+        frames = self._held[:limit]
+        del self._held[:limit]
         return frames
 
-    def _frame(self, event: dict) -> str | bytes | None:
-        if event["type"] == "websocket.receive":
+    def _take(self, event: dict) -> None:
+        kind = event["type"]
+        if kind == RECEIVE_MANY:
+            self._held.extend(event["frames"])
+        elif kind == "websocket.receive":
             text = event.get("text")
-            return text if text is not None else event.get("bytes", b"")
-        self.connected = False  # websocket.disconnect
-        return None
+            self._held.append(text if text is not None else event.get("bytes", b""))
+        else:  # websocket.disconnect
+            self.connected = False
 
     async def send(self, text: str) -> None:
         if self.connected and not self._closed:
@@ -109,21 +118,18 @@ class AsgiSocket:
 
     async def send_many(self, texts: list[str]) -> None:
         """Several frames with one socket write where the server allows it (Hypercorn's
-        `WSStream`, the pinned version: the frames are framed by the stream's own wsproto
-        connection and written as one `Data` event, as Hypercorn does for each frame);
-        otherwise one at a time."""
+        `WSStream`, the pinned version: the frames are framed here, as wsproto would frame
+        them, and written as one `Data` event, as Hypercorn does for each frame); otherwise
+        one at a time."""
         stream = self._stream
         if stream is None:
             for text in texts:
                 await self.send(text)
             return
-        if self._closed or stream.closed or stream.state != ASGIWebsocketState.CONNECTED:
+        if (self._closed or stream.closed or stream.state != ASGIWebsocketState.CONNECTED
+                or stream.connection.state != ConnectionState.OPEN):
             return  # closing: Hypercorn drops frames sent after close the same way
-        try:
-            data = b"".join([stream.connection.send(TextMessage(data=text)) for text in texts])
-        except LocalProtocolError:
-            return
-        await stream.send(Data(stream_id=stream.stream_id, data=data))
+        await stream.send(Data(stream_id=stream.stream_id, data=b"".join([text_frame(text) for text in texts])))
 
     async def close(self, code: int = 1000) -> None:
         """Close once; a no-op when already closed or the client is gone."""
@@ -132,3 +138,31 @@ class AsgiSocket:
         self._closed = True
         if self.connected:
             await self._send({"type": "websocket.close", "code": code})
+
+
+def _read_frames_fast(stream: WSStream) -> None:
+    """Route the bytes a client sends through a `FrameReader` (web/ws_frames.py) in front of
+    Hypercorn's wsproto path: the whole text and binary frames of one read reach the
+    application as one RECEIVE_MANY event on Hypercorn's queue, instead of one event (and one
+    wait on the queue) per frame. From the first frame the reader does not take (close, ping, a
+    fragment, a bad frame) every byte goes to Hypercorn's own `handle`, as if the reader had
+    never been there; the hand-over is at a frame boundary, where wsproto starts afresh.
+
+    Reaches into the pinned Hypercorn's `WSStream` (its `handle`, `app_put`, `handshake`), as
+    `send_many` does; tests/web/test_cable_frames.py holds it to wsproto's behaviour.
+    """
+    reader = FrameReader()
+    full_handle = stream.handle
+
+    async def handle(event: Event) -> None:
+        if (isinstance(event, Data) and not reader.handed_over and not stream.closed
+                and stream.handshake.accepted):
+            frames, rest = reader.feed(event.data)
+            if frames:
+                await stream.app_put({"type": RECEIVE_MANY, "frames": frames})
+            if not rest:  # the reader keeps the stream, or handed over at the end of this read
+                return
+            event = Data(stream_id=event.stream_id, data=rest)
+        await full_handle(event)
+
+    stream.handle = handle  # an instance attribute: H11Protocol calls `self.stream.handle(event)`

@@ -3,7 +3,7 @@
 import trio
 import trio.testing
 
-from web.cable_socket import AsgiSocket
+from web.cable_socket import RECEIVE_MANY, AsgiSocket
 
 
 def _socket(queue_size: int = 16):
@@ -56,3 +56,15 @@ async def test_receive_many_without_a_queue_reads_one_frame_at_a_time():
     socket = AsgiSocket({"type": "websocket"}, receive, send)
     assert await socket.receive_many() == ["x"]
     assert await socket.receive_many() == ["y"]
+
+
+async def test_frames_of_one_read_come_as_one_event_and_keep_their_order_past_the_limit():
+    socket, events = _socket()
+    events.send_nowait({"type": RECEIVE_MANY, "frames": ["a", "b", "c"]})
+    events.send_nowait({"type": "websocket.receive", "text": "d"})
+    events.send_nowait({"type": RECEIVE_MANY, "frames": ["e", b"f"]})
+    events.send_nowait({"type": "websocket.disconnect", "code": 1000})
+    assert await socket.receive_many(limit=2) == ["a", "b"]
+    assert await socket.receive() == "c"
+    assert await socket.receive_many(limit=10) == ["d", "e", b"f"]
+    assert await socket.receive_many() is None
