@@ -244,9 +244,12 @@ class GatewayActor:
             "priority": PRIORITY_NAMES.get(item.get("priority", 1), "normal"),
         })
 
-    def settled(self, message_id: str) -> None:
-        """The phone reported on this message: it no longer counts against the window."""
-        if self.in_flight.pop(message_id, None) is not None:
+    def settled(self, *message_ids: str) -> None:
+        """The phone reported on these messages: they no longer count against the window."""
+        held = len(self.in_flight)
+        for message_id in message_ids:
+            self.in_flight.pop(message_id, None)
+        if len(self.in_flight) != held:
             self._changed()
 
     def drop_in_flight(self) -> list[str]:

@@ -94,11 +94,11 @@ class NodeMetrics:
         for _ in range(n):
             self.dispatch_latency.observe(seconds)
 
-    def reported(self, status: str, changed: bool = True) -> None:
-        """A phone's report moved a message to `status` (`sent`, `delivered`, `failed`, or
+    def reported(self, status: str, changed: bool = True, n: int = 1) -> None:
+        """Phones' reports moved `n` messages to `status` (`sent`, `delivered`, `failed`, or
         `queued` for a failure that will be retried). Repeats that changed nothing are not counted."""
-        if changed:
-            self.messages.labels("outbound", "retried" if status == "queued" else status).inc()
+        if changed and n > 0:
+            self.messages.labels("outbound", "retried" if status == "queued" else status).inc(n)
 
     def expired(self, n: int) -> None:
         """Queued messages failed for having outlived their TTL."""

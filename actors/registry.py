@@ -202,10 +202,11 @@ class GatewayRegistry:
         if actor is not None:
             actor.close("key_rotated")
 
-    def settled(self, gateway_id: int, message_id: str) -> None:
+    def settled(self, gateway_id: int, *message_ids: str) -> None:
+        """The phone reported on these messages: room again, ranked once for all of them."""
         actor = self._actors.get(gateway_id)
         if actor is not None:
-            actor.settled(message_id)
+            actor.settled(*message_ids)
             self.changed()
 
     def close_all(self, reason: str) -> list[GatewayActor]:

@@ -22,7 +22,7 @@ from store import messages as messages_store
 from store.pool import StoreUnavailable
 from web import cable_protocol as cable
 from web.cable_socket import AsgiSocket
-from web.models import HeartbeatRequest, InboundRequest, StatusReportRequest
+from web.models import HeartbeatRequest, InboundRequest, report_fields
 
 __all__ = ["PATH", "serve_cable"]
 
@@ -176,7 +176,7 @@ class _CableSession:
                 and event.identifier == self.actor.identifier):
             return False
         try:
-            body = StatusReportRequest.model_validate(event.data)
+            report = report_fields(event.data)
         except ValidationError as exc:
             log.info("gateway %s: bad delivery_report: %s", self.actor.device_id, exc.errors()[0]["msg"],
                      extra={"device_id": self.actor.device_id})
@@ -184,7 +184,7 @@ class _CableSession:
         if self._reports is None:  # a phone that never reports (an idle one) costs no task for it
             self._reports = collections.deque()
             self._nursery.start_soon(self._reporter)
-        self._reports.append((body.message_id, body.status, body.error_message))
+        self._reports.append(report)
         if self._reports_arrived is not None:
             self._reports_arrived.set()
         return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 from datetime import datetime, timedelta, timezone
 
@@ -94,9 +95,10 @@ async def _accept(item: SendItem) -> tuple[dict, int]:
         raise ApiError(503, "Service busy: the message was not accepted", headers={"Retry-After": "2"}) from None
     node.dispatcher.wake()
     if status == 202 and node.metrics is not None:
-        for result in answer.get("results", [answer]):
-            if "message_id" in result:
-                node.metrics.accepted(result["status"])
+        counts = collections.Counter(result["status"] for result in answer.get("results", [answer])
+                                     if "message_id" in result)
+        for message_status, n in counts.items():  # a bulk answer has up to 1,000 results
+            node.metrics.accepted(message_status, n)
     return answer, status
 
 

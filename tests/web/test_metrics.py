@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
@@ -82,6 +84,35 @@ async def test_a_message_life_shows_in_the_counters_and_latency(server):
     assert 0 < value(text, "smsgw_dispatch_latency_seconds_sum") < 5
     await wait_for(lambda: not server.node.gateways.online_ids())
     assert value(await scrape(server), "smsgw_gateways_connected") == 0
+
+
+async def test_a_bulk_send_and_a_burst_of_reports_are_counted_per_message(server):
+    key = server.client_key("sms")
+    tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    r = await server.http.post("/api/v1/sms/send_bulk", headers={"Authorization": f"Bearer {key}"}, json={
+        "messages": [{"to": "+14155552671", "message": f"m{i}"} for i in range(3)]
+        + [{"to": "+14155552671", "message": "later", "send_at": tomorrow}, {"to": "nope", "message": "x"}]})
+    assert r.status_code == 202 and [e["index"] for e in r.json()["errors"]] == [4], r.text
+    text = await scrape(server)
+    assert value(text, "smsgw_messages_total", direction="outbound", status="queued") == 3
+    assert value(text, "smsgw_messages_total", direction="outbound", status="scheduled") == 1
+    gw_key = await server.register("metrics-burst")
+    async with phone(server, gw_key) as p:
+        ids = [(await p.next_sms())["message_id"] for _ in range(3)]
+        for message_id in ids:  # one burst: sent twice over, then delivered
+            await p.report(message_id, "sent")
+            await p.report(message_id, "sent")
+        for message_id in ids:
+            await p.report(message_id, "delivered")
+        await wait_for(lambda: len(server.sql("SELECT 1 FROM messages WHERE status = 'delivered'")) == 3)
+        await wait_for(lambda: server.node.gateways.get(p_gateway_id(server, "metrics-burst")).in_flight == {})
+        text = await scrape(server)
+    assert value(text, "smsgw_messages_total", direction="outbound", status="sent") == 3
+    assert value(text, "smsgw_messages_total", direction="outbound", status="delivered") == 3
+
+
+def p_gateway_id(server, device_id: str) -> int:
+    return server.sql("SELECT id FROM gateways WHERE device_id = %s", (device_id,))[0]["id"]
 
 
 async def test_queue_depth_follows_messages_waiting_for_a_gateway(server):
