@@ -18,7 +18,6 @@ from typing import Awaitable, Callable
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from actors.backoff import RestartWindow, exponential_delay
 from actors.backplane import create_backplane
@@ -37,7 +36,8 @@ from config import Settings, ensure_secret
 from store.migrate import apply_migrations
 from store.pool import StoreUnavailable, open_store
 from store.sends import write_sends
-from web.app import create_asgi
+from web.app import BODY_TOO_LARGE, MAX_BULK_BODY_BYTES, create_asgi
+from web.server import serve as serve_web
 from web.ratelimit import RateLimits
 
 __all__ = ["NodeDown", "serve", "supervise", "database_url"]
@@ -200,7 +200,9 @@ async def serve(settings: Settings, *, dsn: str | None = None, shutdown: trio.Ev
 
             async def run_web(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 try:
-                    await hypercorn_serve(app, config, shutdown_trigger=stop_serving, task_status=task_status)
+                    await serve_web(app, config, fast_lane=settings.http_server == "fast",
+                                    max_body=MAX_BULK_BODY_BYTES, body_too_large=BODY_TOO_LARGE,
+                                    shutdown_trigger=stop_serving, task_status=task_status)
                 finally:
                     web_done.set()
 

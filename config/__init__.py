@@ -21,6 +21,7 @@ __all__ = ["ConfigError", "Settings", "load_settings"]
 DEV_ENVIRONMENTS = frozenset({"development", "test"})
 LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 LOG_FORMATS = frozenset({"text", "json"})
+HTTP_SERVERS = frozenset({"fast", "hypercorn"})
 
 
 class ConfigError(Exception):
@@ -63,6 +64,7 @@ class Settings:
     redis_prefix: str = "smsgw"  # every Redis key and channel of the backplane starts with it
     node_id: str | None = None   # None: a random id per process (the backplane's presence)
     workers: int = 1  # `smsgw serve` processes on this machine (more than one needs Redis)
+    http_server: str = "fast"  # "fast": web/fast_lane.py serves HTTP/1.1; "hypercorn": Hypercorn alone
 
     def websocket_url(self, request_host: str | None = None, scheme: str = "http") -> str:
         """The `/cable` URL a newly registered gateway is told to open."""
@@ -114,6 +116,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         redis_prefix=_identifier("REDIS_PREFIX", read.text("REDIS_PREFIX")) or "smsgw",
         node_id=_identifier("NODE_ID", read.text("NODE_ID")),
         workers=read.integer("WORKERS", 1, low=1, high=256),
+        http_server=read.choice("HTTP_SERVER", HTTP_SERVERS, "fast"),
     )
 
 

@@ -18,11 +18,12 @@ from web import metrics as metrics_web
 from web.errors import ApiError
 from web.openapi import DOCS_PAGE, build_spec
 
-__all__ = ["create_app", "create_asgi", "MAX_BODY_BYTES"]
+__all__ = ["BODY_TOO_LARGE", "create_app", "create_asgi", "MAX_BODY_BYTES", "MAX_BULK_BODY_BYTES"]
 
 log = logging.getLogger("smsgw.web")
 MAX_BODY_BYTES = 64 * 1024            # every JSON endpoint (web/requests.py enforces it)
 MAX_BULK_BODY_BYTES = 1024 * 1024     # sms/send_bulk; the server refuses anything larger
+BODY_TOO_LARGE = f"Request body too large (limit {MAX_BULK_BODY_BYTES // 1024} KiB)"
 EXPOSED_HEADERS = ["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]
 
 
@@ -88,7 +89,7 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException):
-        messages = {404: "Not found", 405: "Method not allowed", 413: "Request body too large (limit 1024 KiB)"}
+        messages = {404: "Not found", 405: "Method not allowed", 413: BODY_TOO_LARGE}
         headers = {}
         if exc.code == 405 and getattr(exc, "valid_methods", None):
             headers["Allow"] = ", ".join(exc.valid_methods)

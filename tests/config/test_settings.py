@@ -14,6 +14,7 @@ def test_defaults():
     assert s.rate_limit_per_key_per_minute == 600 and s.rate_limit_register_per_minute == 20
     assert s.gateway_send_rate_per_minute == 30
     assert s.workers == 1
+    assert s.http_server == "fast"
     assert s.sms_retry_delays == (30.0, 120.0, 480.0)
 
 
@@ -34,6 +35,7 @@ def test_defaults():
     ({"ALLOWED_ORIGINS": "example.com"}, "ALLOWED_ORIGINS"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ({"HTTP_SERVER": "nginx"}, "HTTP_SERVER"),
     ({"SMSGW_ENV": "production"}, "SECRET_KEY_BASE"),
     ({"SECRET_KEY_BASE": "short"}, "SECRET_KEY_BASE"),
     ({"RATE_LIMIT_PER_KEY_PER_MINUTE": "-5"}, "RATE_LIMIT_PER_KEY_PER_MINUTE"),
@@ -57,6 +59,7 @@ def test_bad_value_names_the_variable(env, variable):
     ({"DATABASE_URL": "postgresql://u:p@db:5432/sms"}, "database_url", "postgresql://u:p@db:5432/sms"),
     ({"REDIS_URL": "redis://localhost:6379/1"}, "redis_url", "redis://localhost:6379/1"),
     ({"LOG_LEVEL": "debug"}, "log_level", "DEBUG"),
+    ({"HTTP_SERVER": "hypercorn"}, "http_server", "hypercorn"),
     ({"RATE_LIMIT_PER_KEY_PER_MINUTE": "0"}, "rate_limit_per_key_per_minute", 0),
     ({"TZ_DAILY_RESET": "Europe/Paris"}, "tz_daily_reset", "Europe/Paris"),
     ({"SMS_RETRY_DELAYS": "1,2.5"}, "sms_retry_delays", (1.0, 2.5)),

@@ -1,0 +1,399 @@
+"""HTTP/1.1 requests served straight to the ASGI app, WebSockets handed to Hypercorn.
+
+Hypercorn's HTTP/1.1 path (h11 in pure Python, a task group, a stream object, locks and events
+per request) cost about 0.7 ms of CPU for a trivial keep-alive POST on this kind of machine; the
+same POST parsed by httptools (llhttp, in C) on a bare trio socket cost 0.06 ms. `FastLane`
+serves every plain HTTP/1.1 (and 1.0) request that way, one at a time per connection, in order
+(pipelined requests wait in the socket), to the same ASGI app. A connection whose request asks
+for an Upgrade (the `/cable` WebSockets, h2c), or whose first bytes are not HTTP/1.x (HTTP/2
+prior knowledge, garbage), is handed to Hypercorn's own `TCPServer` from that request on, with
+the bytes already read replayed, so everything but plain requests keeps Hypercorn's behaviour.
+
+Between requests an idle connection closes after `keep_alive_timeout`, and at once when the
+server shuts down; a request being served is finished first and answered with
+`connection: close`. Bodies over `max_body` are refused with 413 before they are read.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http
+import json
+import logging
+import time
+from typing import Awaitable, Callable
+from urllib.parse import unquote
+
+import attrs
+import httptools
+import trio
+from hypercorn.config import Config
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, LifespanState
+from hypercorn.utils import parse_socket_addr
+
+__all__ = ["FastLane", "ReplayStream"]
+
+log = logging.getLogger("smsgw.http")
+MAX_RECV = 2**16
+_REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+
+
+@attrs.define(eq=False)
+class FastLane:
+    """The connection handler for `trio.serve_listeners`: one call per accepted connection."""
+
+    app: Callable[..., Awaitable[None]]   # the ASGI app, called directly for plain requests
+    wrapped: object                       # the same app wrapped for Hypercorn's TCPServer
+    config: Config
+    context: WorkerContext
+    state: LifespanState
+    max_body: int
+    body_too_large: str          # the 413's error text (the app's own words)
+    max_head: int = 16 * 1024    # as Hypercorn's h11_max_incomplete_size
+    _idle: set[trio.CancelScope] = attrs.Factory(set)  # connections waiting for a request
+    _date: tuple[int, bytes] = (0, b"")
+
+    async def watch_shutdown(self) -> None:
+        """Close idle connections once the server is terminating (run beside the listeners)."""
+        await self.context.terminated.wait()
+        for scope in list(self._idle):
+            scope.cancel()
+
+    async def __call__(self, stream: trio.SocketStream) -> None:
+        connection = _Connection(self, stream)
+        try:
+            handoff = await connection.serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            handoff = None
+        if handoff is None:
+            with trio.CancelScope(shield=True):
+                await _close(stream)
+            return
+        await TCPServer(self.wrapped, self.config, self.context, ConnectionState(self.state.copy()),
+                        ReplayStream(stream, handoff))
+
+    def date_header(self) -> bytes:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, email.utils.formatdate(now, usegmt=True).encode())
+        return self._date[1]
+
+
+class _Connection:
+    """One client connection: httptools parses, requests run one at a time, in order."""
+
+    def __init__(self, lane: FastLane, stream: trio.SocketStream) -> None:
+        self.lane = lane
+        self.stream = stream
+        self.parser = httptools.HttpRequestParser(self)
+        self.raw: bytearray | None = bytearray()  # bytes before the first request's head ends
+        self.requests: list[_Request] = []
+        self.current: _Request | None = None
+        self.head_size = 0
+        self.continue_wanted = False
+        self.served = 0
+        sock = stream.socket
+        self.client = parse_socket_addr(sock.family, sock.getpeername())
+        self.server = parse_socket_addr(sock.family, sock.getsockname())
+
+    # -- httptools callbacks (no awaiting in here: they only record) ----------------------------
+
+    def on_message_begin(self) -> None:
+        self.current = _Request()
+        self.head_size = 0
+        self.continue_wanted = False
+
+    def on_url(self, url: bytes) -> None:
+        self.current.target += url
+        self._grow_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # (httptools gathers a header cut across reads and calls this once it is whole)
+        self.current.raw_headers.append((name, value))
+        self._grow_head(len(name) + len(value))
+
+    def on_headers_complete(self) -> None:
+        request = self.current
+        parser = self.parser
+        request.method = parser.get_method()
+        request.http_version = parser.get_http_version()
+        request.keep_alive = parser.should_keep_alive()
+        request.upgrade = parser.should_upgrade()
+        self.raw = None
+        for name, value in request.raw_headers:
+            lowered = name.lower()
+            if lowered == b"content-length" and value.strip().isdigit() and int(value) > self.lane.max_body:
+                request.too_large = True
+            elif lowered == b"expect" and value.strip().lower() == b"100-continue":
+                self.continue_wanted = True
+
+    def on_body(self, body: bytes) -> None:
+        request = self.current
+        request.body.append(body)
+        request.body_size += len(body)
+        if request.body_size > self.lane.max_body:
+            request.too_large = True
+
+    def on_message_complete(self) -> None:
+        self.requests.append(self.current)
+        self.current = None
+
+    def _grow_head(self, n: int) -> None:
+        self.head_size += n
+        if self.head_size > self.lane.max_head:
+            self.current.head_too_large = True
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def serve(self) -> bytes | None:
+        """Serve requests until the connection ends (None) or is to be handed to Hypercorn (the
+        bytes to replay to it)."""
+        while True:
+            data = await self._receive()
+            if not data:
+                return None
+            if self.raw is not None:
+                self.raw += data
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                # The parser stopped at the upgrade request (the last parsed): the ones before it
+                # are answered first, then Hypercorn takes the connection from its head on.
+                target = self.current if self.current is not None else self.requests.pop()
+                if not await self._answer_parsed():
+                    return None
+                return target.head() + data[upgrade.args[0]:]
+            except httptools.HttpParserError:
+                if self.raw is not None and not self.served:
+                    return bytes(self.raw)  # not HTTP/1.x from the start: Hypercorn's to answer
+                await self._answer_parsed()
+                await self._refuse(400, "Bad request: malformed HTTP")
+                return None
+            request = self.current
+            if request is not None:
+                if request.head_too_large or request.too_large:
+                    if not await self._answer_parsed():
+                        return None
+                    if request.head_too_large:
+                        await self._refuse(431, "Request header fields too large")
+                    else:
+                        await self._refuse(413, self.lane.body_too_large)
+                    return None
+                if self.continue_wanted and request.method is not None:
+                    self.continue_wanted = False  # the head is in, the body is awaited
+                    await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            elif self.raw is not None and len(self.raw) > self.lane.max_head:
+                return bytes(self.raw)
+            if not await self._answer_parsed():
+                return None
+
+    async def _receive(self) -> bytes:
+        if self.current is not None or self.requests:
+            return await self.stream.receive_some(MAX_RECV)
+        # Idle between requests: the keep-alive timeout, and shutdown, may end it.
+        if self.lane.context.terminated.is_set():
+            return b""
+        with trio.move_on_after(self.lane.config.keep_alive_timeout) as scope:
+            self.lane._idle.add(scope)
+            try:
+                return await self.stream.receive_some(MAX_RECV)
+            finally:
+                self.lane._idle.discard(scope)
+        return b""
+
+    async def _answer_parsed(self) -> bool:
+        """Answer the requests parsed so far, in order; False once the connection must close."""
+        while self.requests:
+            request = self.requests.pop(0)
+            if request.head_too_large:
+                await self._refuse(431, "Request header fields too large")
+                return False
+            if request.too_large:
+                await self._refuse(413, self.lane.body_too_large)
+                return False
+            self.served += 1
+            close = (not request.keep_alive or self.lane.context.terminated.is_set()
+                     or self.served >= self.lane.config.keep_alive_max_requests)
+            if not await self._run_app(request, close):
+                return False
+            if close:
+                return False
+        return True
+
+    async def _run_app(self, request: _Request, close: bool) -> bool:
+        raw_path, _, query = bytes(request.target).partition(b"?")
+        try:
+            path = unquote(raw_path.decode("ascii"))
+        except UnicodeDecodeError:
+            await self._refuse(400, "Bad request: the request target is not ASCII")
+            return False
+        scope = {
+            "type": "http", "asgi": {"spec_version": "2.3", "version": "3.0"},
+            "http_version": request.http_version, "method": request.method.decode("ascii").upper(),
+            "scheme": "http", "path": path, "raw_path": raw_path, "query_string": query,
+            "root_path": self.lane.config.root_path,
+            "headers": [(name.lower(), value.strip()) for name, value in request.raw_headers],
+            "client": self.client, "server": self.server, "state": self.lane.state.copy(), "extensions": {},
+        }
+        response = _Response(self, head_only=scope["method"] == "HEAD", close=close,
+                             chunked_ok=request.http_version == "1.1")
+        body = b"".join(request.body)
+        delivered = False
+
+        async def receive() -> dict:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            # The body has been read; the app waits here for a disconnect it never needs to act
+            # on (the next request is read only after this one is answered).
+            await trio.sleep_forever()
+
+        try:
+            await self.lane.app(scope, receive, response.send)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False  # the client went away while it was answered
+        except Exception:  # noqa: BLE001 - the app's own handler missed it; the connection survives the app
+            log.exception("unhandled error serving %s %s", scope["method"], path)
+            if not response.started:
+                await self._refuse(500, "Internal server error")
+            return False
+        if not response.finished:
+            if response.started:
+                return False  # a body cut short: the client cannot tell where it ends
+            await self._refuse(500, "Internal server error")
+            return False
+        return not response.close
+
+    async def _refuse(self, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        await self.stream.send_all(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"date: %s\r\nconnection: close\r\n\r\n%s"
+            % (status, _REASONS.get(status, b""), len(body), self.lane.date_header(), body))
+
+
+@attrs.define(eq=False)
+class _Request:
+    target: bytes = b""
+    raw_headers: list[tuple[bytes, bytes]] = attrs.Factory(list)
+    method: bytes | None = None
+    http_version: str = "1.1"
+    keep_alive: bool = True
+    upgrade: bool = False
+    body: list[bytes] = attrs.Factory(list)
+    body_size: int = 0
+    too_large: bool = False
+    head_too_large: bool = False
+
+    def head(self) -> bytes:
+        """The request's head as it came (method, target, headers in order), for a hand-over."""
+        lines = [b"%s %s HTTP/%s" % (self.method, self.target, self.http_version.encode())]
+        lines += [name + b": " + value for name, value in self.raw_headers]
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class _Response:
+    """The ASGI `send` of one request: the head and body are written together when they fit."""
+
+    FLUSH_AT = 64 * 1024
+
+    def __init__(self, connection: _Connection, *, head_only: bool, close: bool, chunked_ok: bool) -> None:
+        self.connection = connection
+        self.head_only = head_only
+        self.close = close  # the connection closes after this response
+        self.chunked_ok = chunked_ok
+        self.started = False   # the head was given by the app
+        self.finished = False
+        self.chunked = False
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+
+    async def send(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "http.response.start" and not self.started:
+            self.started = True
+            self._head(message["status"], message.get("headers", ()))
+        elif kind == "http.response.body" and self.started and not self.finished:
+            body = bytes(message.get("body", b""))
+            more = message.get("more_body", False)
+            if not self.head_only and body:
+                self.pending.append(b"%x\r\n%s\r\n" % (len(body), body) if self.chunked else body)
+                self.pending_size += len(body)
+            if not more:
+                self.finished = True
+                if self.chunked and not self.head_only:
+                    self.pending.append(b"0\r\n\r\n")
+            if not more or self.pending_size >= self.FLUSH_AT:
+                await self._flush()
+
+    def _head(self, status: int, headers) -> None:
+        lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b""))]
+        has_length = False
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                has_length = True
+            elif lowered in (b"connection", b"transfer-encoding", b"date"):
+                continue  # the connection's own business
+            lines.append(name + b": " + value)
+        if not has_length and status >= 200 and status not in (204, 304):
+            if self.chunked_ok:
+                self.chunked = True
+                lines.append(b"transfer-encoding: chunked")
+            else:  # an HTTP/1.0 client: the body ends where the connection does
+                self.close = True
+        lines.append(b"date: " + self.connection.lane.date_header())
+        if self.close:
+            lines.append(b"connection: close")
+        self.pending.append(b"\r\n".join(lines) + b"\r\n\r\n")
+
+    async def _flush(self) -> None:
+        data = b"".join(self.pending)
+        self.pending.clear()
+        self.pending_size = 0
+        await self.connection.stream.send_all(data)
+
+
+class ReplayStream(trio.abc.HalfCloseableStream):
+    """A socket stream that first gives back bytes already read from it (for a hand-over)."""
+
+    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+        self.socket = stream.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def _close(stream: trio.SocketStream) -> None:
+    """Half-close, then read what the client still sends for a moment (a body refused unread),
+    so that it reads our answer before the reset a close over unread bytes would cause."""
+    try:
+        await stream.send_eof()
+        with trio.move_on_after(1.0):
+            drained = 0
+            while drained < 4 * MAX_RECV * 16 and (data := await stream.receive_some(MAX_RECV)):
+                drained += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
+        pass
+    await stream.aclose()
