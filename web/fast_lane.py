@@ -20,6 +20,7 @@ import email.utils
 import http
 import json
 import logging
+import math
 import time
 from typing import Awaitable, Callable
 from urllib.parse import unquote
@@ -28,12 +29,13 @@ import attrs
 import httptools
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Closed, RawData
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr
 
-__all__ = ["FastLane", "ReplayStream"]
+__all__ = ["FastLane"]
 
 log = logging.getLogger("smsgw.http")
 MAX_RECV = 2**16
@@ -54,6 +56,11 @@ class FastLane:
     max_head: int = 16 * 1024    # as Hypercorn's h11_max_incomplete_size
     _idle: set[trio.CancelScope] = attrs.Factory(set)  # connections waiting for a request
     _date: tuple[int, bytes] = (0, b"")
+    # One for every connection handed over, as Hypercorn's own serve loop shares one.
+    _handed_state: ConnectionState = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._handed_state = ConnectionState(self.state.copy())
 
     async def watch_shutdown(self) -> None:
         """Close idle connections once the server is terminating (run beside the listeners)."""
@@ -62,17 +69,46 @@ class FastLane:
             scope.cancel()
 
     async def __call__(self, stream: trio.SocketStream) -> None:
-        connection = _Connection(self, stream)
-        try:
-            handoff = await connection.serve()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            handoff = None
-        if handoff is None:
+        prefix = await self._serve_http(stream)
+        if prefix is None:
             with trio.CancelScope(shield=True):
                 await _close(stream)
             return
-        await TCPServer(self.wrapped, self.config, self.context, ConnectionState(self.state.copy()),
-                        ReplayStream(stream, handoff))
+        # A phone's socket lives for hours: this frame keeps nothing of its HTTP side.
+        server = _HandedOver(self.wrapped, self.config, self.context, self._handed_state, stream, prefix=prefix)
+        del prefix
+        await server
+
+    async def _serve_http(self, stream: trio.SocketStream) -> bytes | None:
+        """Serve the connection's HTTP requests; the bytes to hand to Hypercorn with the
+        connection, or None once it is done."""
+        try:
+            first = await self.receive_idle(stream)
+            if not first:
+                return None
+            if _asks_upgrade(first):  # a phone's socket: to Hypercorn before any parser is made
+                return first
+            connection = _Connection(self, stream)
+            try:
+                handoff = await connection.serve(first)
+            finally:
+                connection.parser = None  # it and its callbacks (the connection) refer to each other
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return None
+        return handoff
+
+    async def receive_idle(self, stream: trio.SocketStream) -> bytes:
+        """The next bytes of a connection between requests; b"" once `keep_alive_timeout`
+        passed or the server is shutting down."""
+        if self.context.terminated.is_set():
+            return b""
+        with trio.move_on_after(self.config.keep_alive_timeout) as scope:
+            self._idle.add(scope)
+            try:
+                return await stream.receive_some(MAX_RECV)
+            finally:
+                self._idle.discard(scope)
+        return b""
 
     def date_header(self) -> bytes:
         now = int(time.time())
@@ -147,11 +183,10 @@ class _Connection:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    async def serve(self) -> bytes | None:
-        """Serve requests until the connection ends (None) or is to be handed to Hypercorn (the
-        bytes to replay to it)."""
+    async def serve(self, data: bytes) -> bytes | None:
+        """Serve requests, the first starting with `data`, until the connection ends (None) or
+        is to be handed to Hypercorn (the bytes to replay to it)."""
         while True:
-            data = await self._receive()
             if not data:
                 return None
             if self.raw is not None:
@@ -188,20 +223,10 @@ class _Connection:
                 return bytes(self.raw)
             if not await self._answer_parsed():
                 return None
-
-    async def _receive(self) -> bytes:
-        if self.current is not None or self.requests:
-            return await self.stream.receive_some(MAX_RECV)
-        # Idle between requests: the keep-alive timeout, and shutdown, may end it.
-        if self.lane.context.terminated.is_set():
-            return b""
-        with trio.move_on_after(self.lane.config.keep_alive_timeout) as scope:
-            self.lane._idle.add(scope)
-            try:
-                return await self.stream.receive_some(MAX_RECV)
-            finally:
-                self.lane._idle.discard(scope)
-        return b""
+            if self.current is not None:  # a request under way: no idle timeout
+                data = await self.stream.receive_some(MAX_RECV)
+            else:
+                data = await self.lane.receive_idle(self.stream)
 
     async def _answer_parsed(self) -> bool:
         """Answer the requests parsed so far, in order; False once the connection must close."""
@@ -357,32 +382,37 @@ class _Response:
         await self.connection.stream.send_all(data)
 
 
-class ReplayStream(trio.abc.HalfCloseableStream):
-    """A socket stream that first gives back bytes already read from it (for a hand-over)."""
+class _HandedOver(TCPServer):
+    """Hypercorn's connection server, for a connection whose first bytes were read here: it
+    handles them as if it had read them itself, then reads on from the socket (no wrapper
+    stream, whose frames an idle phone's socket would hold for hours)."""
 
-    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
-        self._stream = stream
+    def __init__(self, *args, prefix: bytes) -> None:
+        super().__init__(*args)
         self._prefix = prefix
-        self.socket = stream.socket
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-            await trio.lowlevel.checkpoint()
-            return data
-        return await self._stream.receive_some(max_bytes)
+    async def _read_data(self) -> None:
+        # Hypercorn's own loop (0.18.0), with the bytes already read handled first. Written out
+        # rather than calling it: its frame and the prefix would stay alive under this one.
+        event, self._prefix = RawData(self._prefix), b""
+        await self.protocol.handle(event)
+        del event
+        while True:
+            try:
+                with trio.fail_after(self.config.read_timeout or math.inf):
+                    data = await self.stream.receive_some(MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                break
+            await self.protocol.handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        await self.protocol.handle(Closed())
 
-    async def send_all(self, data) -> None:
-        await self._stream.send_all(data)
 
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
+def _asks_upgrade(data: bytes) -> bool:
+    """Whether `data` starts with a whole request head that has an Upgrade header."""
+    head, found, _ = data.partition(b"\r\n\r\n")
+    return bool(found) and b"\nupgrade:" in head.lower()
 
 
 async def _close(stream: trio.SocketStream) -> None:
