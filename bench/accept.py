@@ -1,8 +1,8 @@
 """Accepting messages: single sends against the bare framework, and bulk sends.
 
-The framework ceiling is a trivial JSON POST on the same stack (Quart-Trio on Hypercorn's trio
-worker, one process), served by `python -m bench.accept --ceiling-server PORT`; the single-send
-rate is `POST /api/v1/sms/send` with no phones connected (messages only queue), so it measures
+The framework ceiling is a trivial JSON POST on the same stack (Quart-Trio behind the gateway's
+own server, web/server.py: the fast lane, or Hypercorn alone with HTTP_SERVER=hypercorn; one
+process), served by `python -m bench.accept --ceiling-server PORT`; the single-send rate is `POST /api/v1/sms/send` with no phones connected (messages only queue), so it measures
 the accept path: authentication, validation, the group commit. `python -m bench.accept` prints
 the figures as JSON.
 """
@@ -42,13 +42,20 @@ def ceiling_app():
 
 
 async def serve_ceiling(port: int) -> None:
+    """The trivial app on the gateway's own server: its fast lane, or Hypercorn alone with
+    HTTP_SERVER=hypercorn, as `smsgw serve` reads it."""
+    import os
+
     from hypercorn.config import Config
-    from hypercorn.trio import serve
+
+    from web.app import BODY_TOO_LARGE, MAX_BULK_BODY_BYTES
+    from web.server import serve
 
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
-    await serve(ceiling_app(), config)
+    await serve(ceiling_app(), config, fast_lane=os.environ.get("HTTP_SERVER", "fast") == "fast",
+                max_body=MAX_BULK_BODY_BYTES, body_too_large=BODY_TOO_LARGE, shutdown_trigger=trio.sleep_forever)
 
 
 async def post_many(url: str, path: str, key: str, bodies: list[bytes], concurrency: int) -> tuple[float, int]:

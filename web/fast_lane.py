@@ -17,7 +17,6 @@ server shuts down; a request being served is finished first and answered with
 from __future__ import annotations
 
 import email.utils
-import http
 import json
 import logging
 import math
@@ -35,11 +34,12 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr
 
+from web.asgi_response import REASONS, AsgiResponse
+
 __all__ = ["FastLane"]
 
 log = logging.getLogger("smsgw.http")
 MAX_RECV = 2**16
-_REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
 
 @attrs.define(eq=False)
@@ -262,8 +262,8 @@ class _Connection:
             "headers": [(name.lower(), value.strip()) for name, value in request.raw_headers],
             "client": self.client, "server": self.server, "state": self.lane.state.copy(), "extensions": {},
         }
-        response = _Response(self, head_only=scope["method"] == "HEAD", close=close,
-                             chunked_ok=request.http_version == "1.1")
+        response = AsgiResponse(self.stream, self.lane.date_header(), head_only=scope["method"] == "HEAD",
+                                close=close, chunked_ok=request.http_version == "1.1")
         body = b"".join(request.body)
         delivered = False
 
@@ -297,7 +297,7 @@ class _Connection:
         await self.stream.send_all(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"date: %s\r\nconnection: close\r\n\r\n%s"
-            % (status, _REASONS.get(status, b""), len(body), self.lane.date_header(), body))
+            % (status, REASONS.get(status, b""), len(body), self.lane.date_header(), body))
 
 
 @attrs.define(eq=False)
@@ -318,68 +318,6 @@ class _Request:
         lines = [b"%s %s HTTP/%s" % (self.method, self.target, self.http_version.encode())]
         lines += [name + b": " + value for name, value in self.raw_headers]
         return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-class _Response:
-    """The ASGI `send` of one request: the head and body are written together when they fit."""
-
-    FLUSH_AT = 64 * 1024
-
-    def __init__(self, connection: _Connection, *, head_only: bool, close: bool, chunked_ok: bool) -> None:
-        self.connection = connection
-        self.head_only = head_only
-        self.close = close  # the connection closes after this response
-        self.chunked_ok = chunked_ok
-        self.started = False   # the head was given by the app
-        self.finished = False
-        self.chunked = False
-        self.pending: list[bytes] = []
-        self.pending_size = 0
-
-    async def send(self, message: dict) -> None:
-        kind = message["type"]
-        if kind == "http.response.start" and not self.started:
-            self.started = True
-            self._head(message["status"], message.get("headers", ()))
-        elif kind == "http.response.body" and self.started and not self.finished:
-            body = bytes(message.get("body", b""))
-            more = message.get("more_body", False)
-            if not self.head_only and body:
-                self.pending.append(b"%x\r\n%s\r\n" % (len(body), body) if self.chunked else body)
-                self.pending_size += len(body)
-            if not more:
-                self.finished = True
-                if self.chunked and not self.head_only:
-                    self.pending.append(b"0\r\n\r\n")
-            if not more or self.pending_size >= self.FLUSH_AT:
-                await self._flush()
-
-    def _head(self, status: int, headers) -> None:
-        lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b""))]
-        has_length = False
-        for name, value in headers:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                has_length = True
-            elif lowered in (b"connection", b"transfer-encoding", b"date"):
-                continue  # the connection's own business
-            lines.append(name + b": " + value)
-        if not has_length and status >= 200 and status not in (204, 304):
-            if self.chunked_ok:
-                self.chunked = True
-                lines.append(b"transfer-encoding: chunked")
-            else:  # an HTTP/1.0 client: the body ends where the connection does
-                self.close = True
-        lines.append(b"date: " + self.connection.lane.date_header())
-        if self.close:
-            lines.append(b"connection: close")
-        self.pending.append(b"\r\n".join(lines) + b"\r\n\r\n")
-
-    async def _flush(self) -> None:
-        data = b"".join(self.pending)
-        self.pending.clear()
-        self.pending_size = 0
-        await self.connection.stream.send_all(data)
 
 
 class _HandedOver(TCPServer):
