@@ -3,6 +3,7 @@ chunked bodies, 100-continue, limits, HTTP/1.0, HEAD, and the hand-over to Hyper
 WebSockets and for bytes that are not HTTP/1.x."""
 
 import json
+import random
 
 import pytest
 import trio
@@ -247,3 +248,57 @@ async def test_both_servers_answer_the_same(database_url, http_server):
         r = await node.http.post("/api/v1/sms/send", content=b"{not json", headers={
             "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
         assert r.status_code == 400 and "error" in r.json()
+
+
+async def test_random_bytes_and_mangled_requests_never_break_the_server(server):
+    """Whatever a client sends, the server answers it (or closes that connection) and keeps
+    serving everyone else: no 500, no crash of the listener."""  # (the fast lane and Hypercorn)
+    key = server.client_key("sms")
+    rand = random.Random(20261201)
+    valid = [post("/api/v1/sms/send", SEND, key), b"GET /up HTTP/1.1\r\nHost: t\r\n\r\n",
+             post("/api/v1/sms/send", SEND, key, "Expect: 100-continue"),
+             b"GET /cable HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+             b"POST /api/v1/sms/send HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"]
+
+    def mangle(data: bytes) -> bytes:
+        data = bytearray(data)
+        for _ in range(rand.randint(1, 4)):
+            kind = rand.random()
+            at = rand.randrange(len(data) + 1)
+            if kind < 0.3:
+                data[at:at] = bytes(rand.randrange(256) for _ in range(rand.randint(1, 8)))
+            elif kind < 0.6 and data:
+                del data[at:at + rand.randint(1, 8)]
+            elif data:
+                data[min(at, len(data) - 1)] = rand.randrange(256)
+        return bytes(data)
+
+    async def one(payload: bytes) -> None:
+        http = await RawHttp.connect(server)
+        async with http.stream:
+            for at in range(0, len(payload), rand.randint(1, 64)):
+                try:
+                    await http.stream.send_all(payload[at:at + 64])
+                except trio.BrokenResourceError:
+                    break
+            with trio.move_on_after(1.5):
+                try:
+                    while (answer := await http.response()) is not None:
+                        # 501 and 505 are the right words for a transfer coding or an HTTP
+                        # version the server does not implement (RFC 9112), not failures.
+                        assert answer[0] < 500 or answer[0] in (501, 505), (payload, answer)
+                except (trio.BrokenResourceError, ValueError, IndexError, AssertionError) as exc:
+                    if isinstance(exc, AssertionError):
+                        raise
+
+    payloads = [mangle(rand.choice(valid) * rand.randint(1, 3)) for _ in range(150)]
+    payloads += [bytes(rand.randrange(256) for _ in range(rand.randint(1, 300))) for _ in range(50)]
+    async with trio.open_nursery() as nursery:
+        for payload in payloads:
+            nursery.start_soon(one, payload)
+            await trio.sleep(0.002)
+    r = await server.http.get("/up")
+    assert r.status_code == 200
+    r = await server.http.post("/api/v1/sms/send", json={"to": "+14155552671", "message": "still here"},
+                               headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 202
