@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from actors.node import Node
 from store.pool import StoreUnavailable
-from web import admin_api, cable, gateway_api, otp_api, outbound_api, sms_api, webhooks_api
+from web import admin_api, cable, direct_send, gateway_api, otp_api, outbound_api, sms_api, webhooks_api
 from web import dashboard
 from web import metrics as metrics_web
 from web.errors import ApiError
@@ -29,11 +29,16 @@ EXPOSED_HEADERS = ["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "Rat
 
 def create_asgi(node: Node):
     """What the server runs for `node`: `/cable` WebSockets go straight to the cable (no Quart
-    layer per frame, see web/cable_socket.py), everything else to the Quart app."""
+    layer per frame, see web/cable_socket.py), single sends without CORS straight to their
+    route (web/direct_send.py), everything else to the Quart app."""
     app = create_app(node)
 
     async def serve(scope, receive, send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == cable.PATH:
+        kind = scope["type"]
+        if kind == "http" and scope["path"] == direct_send.PATH and scope["method"] == "POST" and not any(
+                name == b"origin" for name, _ in scope["headers"]):
+            await direct_send.serve_send(node, scope, receive, send)  # the busiest route, without Quart
+        elif kind == "websocket" and scope["path"] == cable.PATH:
             await cable.serve_cable(node, scope, receive, send)
         else:
             await app(scope, receive, send)

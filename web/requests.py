@@ -11,7 +11,8 @@ from quart import current_app, request
 
 from web.errors import ApiError
 
-__all__ = ["BODY_LIMIT", "read_json_bytes", "parse_body", "parse_query", "page_count", "validation_error"]
+__all__ = ["BODY_LIMIT", "body_too_large", "check_json_request", "parse_json", "read_json_bytes", "parse_body", "parse_query",
+           "page_count", "validation_error"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -34,25 +35,39 @@ def validation_error(exc: ValidationError) -> ApiError:
 BODY_LIMIT = 64 * 1024
 
 
+def check_json_request(mimetype: str, content_length: int | None, limit: int) -> None:
+    """400 for a content type other than JSON, 413 for a body declared past `limit` bytes."""
+    if mimetype != "application/json":
+        raise ApiError(400, "Content-Type must be application/json")
+    if content_length is not None and content_length > limit:
+        raise body_too_large(limit)
+
+
+def body_too_large(limit: int) -> ApiError:
+    """The 413 of a body past `limit` bytes."""
+    return ApiError(413, f"Request body too large (limit {limit // 1024} KiB)")
+
+
 async def read_json_bytes(limit: int = BODY_LIMIT) -> bytes:
     """The raw JSON body: 400 for a wrong content type, 413 past `limit` bytes."""
-    if request.mimetype != "application/json":
-        raise ApiError(400, "Content-Type must be application/json")
-    too_large = ApiError(413, f"Request body too large (limit {limit // 1024} KiB)")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
+    check_json_request(request.mimetype, request.content_length, limit)
     raw = await request.get_data()
     if len(raw) > limit:
-        raise too_large
+        raise body_too_large(limit)
     return raw
 
 
 async def parse_body(model: type[M], *, limit: int = BODY_LIMIT) -> M:
     """Read the JSON body into `model`: 400 for a wrong content type or malformed JSON, 422
     for a missing or wrongly typed field (naming it), 413 past the body limit."""
-    raw = await read_json_bytes(limit)
+    return parse_json(model, await read_json_bytes(limit), _region())
+
+
+def parse_json(model: type[M], raw: bytes, region: str) -> M:
+    """`raw` JSON into `model`: 400 for malformed JSON or a body that is not an object, 422
+    for a missing or wrongly typed field (naming it)."""
     try:
-        return model.model_validate_json(raw or b"", strict=True, context={"region": _region()})
+        return model.model_validate_json(raw or b"", strict=True, context={"region": region})
     except ValidationError as exc:
         kinds = {err["type"] for err in exc.errors()}
         if "json_invalid" in kinds:

@@ -22,7 +22,7 @@ from web.models import ReceivedQuery, ReceivedResponse, SendRequest, SendRespons
 from web.openapi import documented
 from web.requests import page_count, parse_body, parse_query
 
-__all__ = ["blueprint", "new_message"]
+__all__ = ["accept", "blueprint", "idempotency_fields", "new_message", "single_answer"]
 
 blueprint = Blueprint("sms", __name__, url_prefix="/api/v1/sms")
 PRIORITIES = {"high": 0, "normal": 1, "low": 2}
@@ -62,12 +62,12 @@ async def send():
     body = await parse_body(SendRequest)
     node = _node()
     message = new_message(body, key.id, node.settings.message_ttl_seconds)
-    answer, status = await _accept(SendItem(key_id=key.id, messages=(message,), answer=_single_answer,
+    answer, status = await _accept(SendItem(key_id=key.id, messages=(message,), answer=single_answer,
                                             **await _idempotency()))
     return answer, status, g.get("rate_headers", {})
 
 
-def _single_answer(rows: list[dict]) -> tuple[dict, int]:
+def single_answer(rows: list[dict]) -> tuple[dict, int]:
     row = rows[0]
     return {"success": True, "message_id": row["message_id"], "status": row["status"],
             "segments": row["segments"], "encoding": row["encoding"]}, 202
@@ -78,15 +78,24 @@ async def _idempotency() -> dict:
     idem = request.headers.get("Idempotency-Key")
     if idem is None:
         return {}
+    return idempotency_fields(idem, await request.get_data())
+
+
+def idempotency_fields(idem: str | None, raw: bytes) -> dict:
+    """The SendItem fields of an Idempotency-Key header (validated) and the body it keys."""
+    if idem is None:
+        return {}
     if not 0 < len(idem) <= 255:
         raise ApiError(422, "Idempotency-Key: must be 1 to 255 characters")
-    raw = await request.get_data()
     return {"idem": idem, "request_hash": hashlib.sha256(raw).hexdigest()}
 
 
 async def _accept(item: SendItem) -> tuple[dict, int]:
+    return await accept(_node(), item)
+
+
+async def accept(node, item: SendItem) -> tuple[dict, int]:
     """Write through the group committer; 202 only once committed."""
-    node = _node()
     try:
         answer, status = await node.sends.submit(item)
     except IdempotencyConflict:
