@@ -1,8 +1,9 @@
 """Accepting messages: single sends against the bare framework, and bulk sends.
 
-The framework ceiling is a trivial JSON POST on the same stack (Quart-Trio behind the gateway's
-own server, web/server.py: the fast lane, or Hypercorn alone with HTTP_SERVER=hypercorn; one
-process), served by `python -m bench.accept --ceiling-server PORT`; the single-send rate is `POST /api/v1/sms/send` with no phones connected (messages only queue), so it measures
+The framework ceiling is a trivial JSON POST in Quart-Trio behind the gateway's own server
+(web/server.py: the fast lane, or Hypercorn alone with HTTP_SERVER=hypercorn; one process); the
+bare-server ceiling the same POST as a plain ASGI callable, the path single sends take. Both are
+served by `python -m bench.accept --ceiling-server PORT`; the single-send rate is `POST /api/v1/sms/send` with no phones connected (messages only queue), so it measures
 the accept path: authentication, validation, the group commit. `python -m bench.accept` prints
 the figures as JSON.
 """
@@ -28,6 +29,10 @@ __all__ = ["main"]
 
 
 def ceiling_app():
+    """Two trivial JSON POSTs behind the gateway's own server (web/server.py): `/echo` in
+    Quart-Trio, the framework the API is written in (the "bare framework ceiling"), and
+    `/echo-bare` as a plain ASGI callable, the path a single send now takes
+    (web/direct_send.py): the server alone."""
     from quart import request
     from quart_trio import QuartTrio
 
@@ -38,7 +43,22 @@ def ceiling_app():
         body = await request.get_json()
         return {"ok": True, "to": body.get("to")}, 202
 
-    return app
+    async def serve(scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/echo-bare":
+            await app(scope, receive, send)
+            return
+        parts = []
+        while True:
+            message = await receive()
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = json.dumps({"ok": True, "to": json.loads(b"".join(parts)).get("to")}).encode()
+        await send({"type": "http.response.start", "status": 202,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+    return serve
 
 
 async def serve_ceiling(port: int) -> None:
@@ -100,15 +120,16 @@ async def measure(opts) -> dict:
             async with running_server(env, work / "server.log") as server:
                 await trio.sleep(2.0)
                 body = json.dumps({"to": "+14155552671", "message": "hello"}).encode()
-                ceilings, singles, errors = [], [], {}
-                ceiling_cpu, single_cpu = [], []  # server CPU ms per request answered
+                ceilings, bares, singles, errors = [], [], [], {}
+                ceiling_cpu, bare_cpu, single_cpu = [], [], []  # server CPU ms per request answered
                 for _ in range(opts.rounds):
-                    cpu = _CpuWatch.start({"server": ceiling.pid})
-                    seconds, ok = await post_many(f"http://127.0.0.1:{port}", "/echo", key,
-                                                  [body] * opts.requests, opts.concurrency)
-                    cpu.stop()
-                    ceilings.append(ok / seconds)
-                    ceiling_cpu.append(1000 * cpu.seconds["server"] / max(1, ok))
+                    for path, rates, cpus in (("/echo", ceilings, ceiling_cpu), ("/echo-bare", bares, bare_cpu)):
+                        cpu = _CpuWatch.start({"server": ceiling.pid})
+                        seconds, ok = await post_many(f"http://127.0.0.1:{port}", path, key,
+                                                      [body] * opts.requests, opts.concurrency)
+                        cpu.stop()
+                        rates.append(ok / seconds)
+                        cpus.append(1000 * cpu.seconds["server"] / max(1, ok))
                     cpu = _CpuWatch.start({"server": server.pid})
                     sent = await send_messages(server.url, key, opts.requests, concurrency=opts.concurrency,
                                                rate=None)
@@ -127,6 +148,10 @@ async def measure(opts) -> dict:
         ratios = [s / c for s, c in zip(singles, ceilings)]
         cpu_ratios = [c / s for c, s in zip(ceiling_cpu, single_cpu)]
         return {"ceiling_posts_per_s": round(statistics.median(ceilings)),
+                "bare_server_posts_per_s": round(statistics.median(bares)),
+                "bare_server_cpu_ms_per_post": round(statistics.median(bare_cpu), 3),
+                "single_fraction_of_bare_server": round(statistics.median(
+                    [s / b for s, b in zip(singles, bares)]), 2),
                 "single_sends_per_s": round(statistics.median(singles)),
                 "single_fraction_of_ceiling": round(statistics.median(ratios), 2),
                 # The same fraction from the server's CPU per request (both servers are bound by
