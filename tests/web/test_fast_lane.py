@@ -166,8 +166,19 @@ async def test_a_header_block_over_16_kib_is_refused(server):
     await http.stream.send_all(b"GET /up HTTP/1.1\r\nHost: t\r\n\r\n")
     assert (await http.response())[0] == 200
     await http.stream.send_all(b"GET /up HTTP/1.1\r\nHost: t\r\nX-Big: " + b"b" * 20_000 + b"\r\n\r\n")
-    status, headers, _ = await http.response()
+    status, headers, body = await http.response()
     assert status == 431 and headers["connection"] == "close"
+    assert json.loads(body) == {"error": "Request header fields too large"}
+
+
+async def test_a_request_target_that_is_not_ascii_gets_400(server):
+    http = await RawHttp.connect(server)
+    await http.stream.send_all(b"GET /up HTTP/1.1\r\nHost: t\r\n\r\nGET /caf\xc3\xa9 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await http.response())[0] == 200
+    status, headers, body = await http.response()
+    assert status == 400 and headers["connection"] == "close"
+    # llhttp refuses the raw byte itself (the lane also refuses a target it cannot decode)
+    assert json.loads(body) == {"error": "Bad request: malformed HTTP"}
 
 
 async def test_http_1_0_is_answered_and_closed(server):
