@@ -19,7 +19,6 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
-import math
 import time
 from typing import Awaitable, Callable
 from urllib.parse import unquote
@@ -335,10 +334,14 @@ class _HandedOver(TCPServer):
         event, self._prefix = RawData(self._prefix), b""
         await self.protocol.handle(event)
         del event
+        timeout = self.config.read_timeout
         while True:
             try:
-                with trio.fail_after(self.config.read_timeout or math.inf):
+                if timeout is None:  # (a node sets none: no cancel scope per read of a phone's frames)
                     data = await self.stream.receive_some(MAX_RECV)
+                else:
+                    with trio.fail_after(timeout):
+                        data = await self.stream.receive_some(MAX_RECV)
             except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
                 break
             await self.protocol.handle(RawData(bytes(data)))
