@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from quart import Blueprint, current_app, request
 
 from store import gateways as gateways_store
+from store import keys as keys_store
 from store import messages as messages_store
 from store.outbox import iso
 from web.auth import bearer_key, require_gateway
@@ -32,11 +33,16 @@ async def register():
     node = _node()
     headers = await node.limits.check_register(request.remote_addr or "unknown")
     body = await parse_body(RegisterRequest)
+    presented = bearer_key()
     try:
-        gateway, key = await node.store.run(gateways_store.register, body.device_id, body.name, bearer_key())
+        gateway, key = await node.store.run(gateways_store.register, body.device_id, body.name, presented)
     except gateways_store.DeviceTaken:
         raise ApiError(409, "device_id is already registered; re-register with that gateway's key to rotate it",
                        headers=headers) from None
+    if presented is not None:
+        # A rotation revoked the key presented: this node forgets it now, the others when the
+        # commit's notification reaches them (actors/key_cache.py).
+        node.keys.invalidate(keys_store.digest_of(presented))
     if node.gateways is not None:
         node.gateways.key_rotated(gateway["id"])
     if node.backplane is not None:
