@@ -32,8 +32,8 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 async def serve_send(node, scope: dict, receive, send) -> None:
     """Answer one `POST /api/v1/sms/send` (an ASGI app for its scope)."""
     headers: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
-        headers.setdefault(name.lower(), value)
+    for name, value in scope["headers"]:  # (ASGI: names already lower-case)
+        headers.setdefault(name, value)
     status, answer, extra = await _answer(node, headers, receive)
     body = (_ENCODER.encode(answer) + "\n").encode()
     response_headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
