@@ -11,11 +11,13 @@ one that dies (after a backoff), and passes SIGTERM/SIGINT on, waiting for each 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 
 import attrs
@@ -78,7 +80,7 @@ class _Workers:
     envs: list[dict[str, str]]
     fd: int
     stopping: bool = False
-    processes: dict[int, trio.Process] = attrs.Factory(dict)
+    processes: dict[int, subprocess.Popen] = attrs.Factory(dict)
 
     async def run(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -104,17 +106,15 @@ class _Workers:
         delay = RESTART_BASE
         while not self.stopping:
             started = trio.current_time()
-            # A session of its own: Ctrl-C in a terminal reaches this process alone, which then
-            # asks each worker once (a second signal would end a worker's graceful shutdown).
-            process = await trio.lowlevel.open_process(self.argv, env=self.envs[index], pass_fds=(self.fd,),
-                                                       start_new_session=True, preexec_fn=_die_with_parent)
+            process = self._start(index)
             self.processes[index] = process
             log.info("worker %d started (pid %d)", index, process.pid)
             try:
-                code = await process.wait()
+                code = await _wait(process)
             finally:
                 if process.returncode is None:  # cancelled: the grace period is over
                     process.kill()
+                    process.wait()
             if self.stopping:
                 return
             delay = RESTART_BASE if trio.current_time() - started > STEADY_AFTER else min(delay * 2, 30.0)
@@ -122,11 +122,38 @@ class _Workers:
                       index, process.pid, code, delay)
             await trio.sleep(delay)
 
+    def _start(self, index: int) -> subprocess.Popen:
+        # Started from this thread, the one that lives as long as this process: the kernel's
+        # parent-death signal follows the thread that forked, and a worker started from one of
+        # trio's cached threads (`trio.lowlevel.open_process`) got SIGTERM when that thread
+        # retired, ten idle seconds later. A session of its own: Ctrl-C in a terminal reaches
+        # this process alone, which then asks each worker once (a second signal would end a
+        # worker's graceful shutdown).
+        return subprocess.Popen(self.argv, env=self.envs[index], pass_fds=(self.fd,), start_new_session=True,
+                                preexec_fn=functools.partial(_die_with_parent, os.getpid()))
 
-def _die_with_parent() -> None:
+
+async def _wait(process: subprocess.Popen) -> int:
+    """The exit code of `process`, waited for without blocking the event loop."""
+    try:
+        pidfd = os.pidfd_open(process.pid)  # Linux: readable once the process has ended
+    except (AttributeError, OSError):
+        while process.poll() is None:
+            await trio.sleep(0.2)
+        return process.returncode
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+    return process.wait()
+
+
+def _die_with_parent(parent: int) -> None:
     """In a new worker, before it runs: SIGTERM when this process dies (Linux), so a supervisor
     killed with -9 leaves no worker holding the port."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass  # not Linux: the workers outlive a killed supervisor
+        return  # not Linux: the workers outlive a killed supervisor
+    if os.getppid() != parent:  # it died before the signal was asked for
+        os._exit(1)

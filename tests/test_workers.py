@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import coredis
 import httpx
+import trio
 
 from bench.harness import process_tree
 from tests.conftest import clean, phone, wait_for
@@ -98,9 +99,13 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-async def test_workers_end_when_their_supervisor_is_killed(database_url):
+async def test_workers_outlive_the_thread_that_started_them_and_end_with_their_supervisor(database_url):
     clean(database_url)
     async with running_workers(database_url) as (node, workers):
+        # The parent-death signal follows the thread that forked: workers started from one of
+        # trio's cached threads got SIGTERM when that thread retired, after 10 idle seconds.
+        await trio.sleep(12)
+        assert _workers_of(node.proc.pid) == workers
         node.proc.kill()
         await node.wait(timeout=5)
         await wait_for(lambda: all(_is_zombie(pid) for pid in workers), timeout=15)  # gone (or reaped by init)
