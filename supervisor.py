@@ -35,7 +35,7 @@ from actors.webhooks import WebhookActor
 from config import Settings, ensure_secret
 from store.migrate import apply_migrations
 from store.pool import StoreUnavailable, open_store
-from store.sends import write_sends
+from store.sends import handoff_candidates, write_sends
 from web.app import BODY_TOO_LARGE, MAX_BULK_BODY_BYTES, create_asgi
 from web.server import serve as serve_web
 from web.ratelimit import RateLimits
@@ -135,7 +135,11 @@ def build_node(settings: Settings, store) -> Node:
     node.limits = RateLimits.from_settings(settings, backplane=node.backplane)
     node.keys = KeyCache(store=store)
     node.extra_actors.append(("keys", node.keys))
-    node.sends = GroupCommitter(store=store, write_batch=write_sends, name="sends")
+    # Accepted messages go straight to a phone here when one has room and nothing waits: the
+    # accepting transaction writes them dispatched (Dispatcher.plan_handoff).
+    node.sends = GroupCommitter(store=store, write_batch=write_sends, name="sends",
+                                prepare=lambda items: dispatcher.plan_handoff(handoff_candidates(items)),
+                                finish=dispatcher.finish_handoff)
     node.extra_actors.append(("sends", node.sends))
     node.extra_actors.append(("reports", dispatcher.reports))
     node.metrics = dispatcher.metrics = NodeMetrics()  # before the other actors, which count too

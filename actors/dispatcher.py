@@ -23,19 +23,35 @@ from actors.group_commit import GroupCommitter
 
 from actors.backoff import SMS_RETRY_SCHEDULE, scheduled_delay
 from actors.choice import plan_ranked
+from actors.gateway import GatewayActor
 from actors.registry import GatewayRegistry
 from actors.metrics import NodeMetrics
 from store import messages as messages_store
 from store import reports as reports_store
 from store.pool import Store, StoreUnavailable
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "Handoff"]
 
 log = logging.getLogger("smsgw.dispatcher")
 
 SWEEP_INTERVAL = 2.0   # retries whose backoff ended, and anything a lost wake-up missed
 MAX_BATCH = 500
 PACE_FLOOR = 0.005     # a round's bookkeeping below this is not paced
+
+
+@attrs.define(eq=False)
+class Handoff:
+    """Accepted messages planned onto this node's phones before the transaction that accepts
+    them: it writes them already dispatched, and they are handed over once it has committed
+    (`Dispatcher.plan_handoff`, `Dispatcher.finish_handoff`). Keys are the caller's own."""
+
+    began: float = 0.0
+    chosen: dict[object, tuple[int, str]] = attrs.Factory(dict)  # key -> (gateway_id, lease)
+    reserved: list[tuple[GatewayActor, int, int]] = attrs.Factory(list)  # (actor, messages, segments)
+    # Filled in by the write: the rows it wrote dispatched, and whether it left any due
+    # message queued (then a round must follow).
+    rows: list[dict] = attrs.Factory(list)
+    queued: bool = False
 
 
 @attrs.define(eq=False)
@@ -59,6 +75,13 @@ class Dispatcher:
     # CPU the last round spent planning in the event loop; past PACE_FLOOR the next round
     # waits as long (see `run`).
     bookkeeping: float = 0.0
+    # The last round left due messages it could not place (or ran out of room with more
+    # waiting): the phones are short, so accepted messages queue and are served in priority
+    # order instead of being handed straight over (see `plan_handoff`).
+    _short: bool = True  # until a round has looked
+    # Handed-off messages whose phone went away before the write committed: the run loop
+    # returns them to the queue.
+    _lost: dict[int, list[str]] = attrs.Factory(dict)
 
     def __attrs_post_init__(self) -> None:
         if self.reports is None:
@@ -66,6 +89,11 @@ class Dispatcher:
                 store=self.store, name="reports",
                 write_batch=functools.partial(reports_store.apply_reports, max_attempts=self.max_attempts,
                                               retry_delay=self._retry_delay))
+
+    @property
+    def handing_off(self) -> bool:
+        """Whether accepted messages go straight to phones here now (`plan_handoff`)."""
+        return not self._short
 
     def wake(self) -> None:
         """Ask for a dispatch round soon, here and on every node (the queue changed); never
@@ -93,6 +121,9 @@ class Dispatcher:
             with trio.move_on_after(SWEEP_INTERVAL):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
+            if self._lost:
+                lost, self._lost = self._lost, {}
+                await self._take_back(lost)
             await self.dispatch_round()
             if self.bookkeeping > PACE_FLOOR:
                 # A round's plan reads about as many phones as it places messages (the
@@ -114,6 +145,7 @@ class Dispatcher:
             now = trio.current_time()
             capacity = self.registry.free
             if capacity == 0:
+                self._short = self._backlog
                 return total
             limit = min(capacity, MAX_BATCH)
             leases: dict[int, str] = {}
@@ -144,6 +176,7 @@ class Dispatcher:
             self.bookkeeping += sum(planning)
             if not rows:
                 self._backlog = left > 0 or self._arrivals != arrivals
+                self._short = left > 0
                 return total
             await self._hand_over(rows)
             self.metrics.dispatched(len(rows), trio.current_time() - now)  # claim began at `now`
@@ -151,9 +184,16 @@ class Dispatcher:
             self.dispatched_total += len(rows)
             if len(rows) < limit:
                 self._backlog = left > 0 or self._arrivals != arrivals
+                self._short = left > 0
                 return total
 
     async def _hand_over(self, rows: list[dict]) -> None:
+        lost = self._give(rows)
+        if lost:
+            await self._take_back(lost)
+
+    def _give(self, rows: list[dict]) -> dict[int, list[str]]:
+        """Hand each dispatched row to its phone; return, by gateway, what could not be."""
         lost: dict[int, list[str]] = {}
         for row in rows:
             actor = self.registry.get(row["gateway_id"])
@@ -161,9 +201,71 @@ class Dispatcher:
                     or not actor.hand(row)):
                 lost.setdefault(row["gateway_id"], []).append(row["message_id"])
         self.on_dispatched(rows)
+        return lost
+
+    async def _take_back(self, lost: dict[int, list[str]]) -> None:
         for gateway_id, message_ids in lost.items():
             with trio.CancelScope(shield=True):
                 await self.store.run(messages_store.requeue_dispatched, gateway_id, message_ids)
+        self.wake()
+
+    def plan_handoff(self, messages: list[tuple[object, int, int]]) -> Handoff:
+        """Place messages about to be accepted on this node's phones, `(key, segments,
+        priority)` each, and hold room for them; never blocks.
+
+        A message accepted while phones here have room need not wait for a round: the
+        accepting transaction writes it dispatched (with the phone's lease) and it is handed
+        over as soon as that has committed, one transaction and no claim between its 202 and
+        its phone. The plan is the round's policy (`plan_ranked`).
+
+        What waits in the queue meanwhile (from another node, a retry, a claim under way) is
+        not delayed by more than the round already coming for it, as long as the phones have
+        room for both. Once a round finds the phones short (due messages it could not place),
+        nothing is handed over until a round has placed all it found: accepted messages queue
+        and are served in priority order, so under load no newcomer takes the room an older or
+        more urgent message waits for. A round and a hand-off planned at once may promise a
+        phone the same room; its send budget is never overspent (`GatewayActor.hand` refuses,
+        the message is queued again), its window may be, by a batch at most.
+        """
+        handoff = Handoff(began=trio.current_time())
+        capacity = self.registry.free
+        if self._short or not capacity or not messages:
+            return handoff
+        now = handoff.began
+        batch = sorted(messages, key=lambda m: m[2])[:min(capacity, MAX_BATCH)]  # high priority first
+        snapshot, horizon = self.registry.ranking(now)
+        tired: list = []
+        held: dict[int, list] = {}  # gateway_id -> [actor, messages, segments]
+        places = [(position, segments, frozenset()) for position, (_, segments, _) in enumerate(batch)]
+        for a in plan_ranked(places, self.registry.read_ranking(snapshot, horizon, now, tired)):
+            key, segments, _ = batch[a.message_id]
+            entry = held.setdefault(a.gateway_id, [self.registry.get(a.gateway_id), 0, 0])
+            entry[1] += 1
+            entry[2] += segments
+            handoff.chosen[key] = (a.gateway_id, entry[0].lease)
+        self.registry.rest(tired, now)
+        for actor, count, segments in held.values():
+            actor.reserve(count, segments)
+            handoff.reserved.append((actor, count, segments))
+        return handoff
+
+    def finish_handoff(self, handoff: Handoff, committed: bool) -> None:
+        """The accepting transaction ended: release what `plan_handoff` held and, if it
+        committed, hand its dispatched rows over (a phone gone meanwhile: the run loop
+        requeues them) and start a round for what it queued."""
+        for actor, count, segments in handoff.reserved:
+            actor.release(count, segments)
+        if not committed:
+            return
+        if handoff.rows:
+            lost = self._give(handoff.rows)
+            for gateway_id, message_ids in lost.items():
+                self._lost.setdefault(gateway_id, []).extend(message_ids)
+            if lost:
+                self._wakeup.set()
+            self.metrics.dispatched(len(handoff.rows), trio.current_time() - handoff.began)
+            self.dispatched_total += len(handoff.rows)
+        if handoff.queued:
             self.wake()
 
     async def report(self, gateway: dict, message_id: str, status: str, error_message: str | None,

@@ -78,6 +78,10 @@ class GatewayActor:
     stamp: int = 0  # which of the registry's candidate entries for this actor is current
     prev_stamp: int = 0  # ... and which was current when the latest ranking was taken
     room: int = 0   # what this actor adds to the registry's `free`
+    # Messages promised to this phone by an accepting transaction not yet committed (see
+    # `Dispatcher.plan_handoff`), and their segments: they count against its window and budget.
+    reserved: int = 0
+    reserved_segments: int = 0
 
     @property
     def active(self) -> bool:
@@ -189,30 +193,49 @@ class GatewayActor:
         if messages_in_queue is not None:
             self.messages_in_queue = messages_in_queue
 
+    @property
+    def load(self) -> int:
+        """Messages held or promised: what counts against the window."""
+        return len(self.in_flight) + self.reserved
+
     def view(self, now: float) -> GatewayView:
         """What the dispatcher's choice policy needs to know of this phone now."""
         available = self.bucket.available(now)
         if not math.isinf(available) and available >= self.bucket.capacity - 1e-9:
             # A full bucket takes even a message longer than its capacity (one, then it is empty).
             available = max(available, float(MAX_SEGMENTS))
-        free = self.window - len(self.in_flight)
+        load = self.load
         return GatewayView(gateway_id=self.gateway_id, priority=self.priority, active=self.active,
-                           online=self.close_reason is None, subscribed=self.subscribed and free > 0,
-                           in_flight=len(self.in_flight), queue_depth=0, budget=available)
+                           online=self.close_reason is None, subscribed=self.subscribed and self.window > load,
+                           in_flight=load, queue_depth=0, budget=available - self.reserved_segments)
+
+    def reserve(self, count: int, segments: int) -> None:
+        """Hold room and budget for `count` messages (`segments` in all) that a transaction is
+        about to write as dispatched to this phone; `release` them once it has ended."""
+        self.reserved += count
+        self.reserved_segments += segments
+        self._changed()
+
+    def release(self, count: int, segments: int) -> None:
+        self.reserved -= count
+        self.reserved_segments -= segments
+        self._changed()
 
     def hand(self, row: dict) -> bool:
         """Take one dispatched message into this phone's outbound queue (never blocks); its
-        writer sends it as `send_sms`. False if the queue cannot take it (the caller requeues).
+        writer sends it as `send_sms`. False if the queue cannot take it, or its send budget
+        cannot (the caller requeues).
 
         The dispatcher hands a whole batch over without waiting on any socket: each phone's
         writer sends its own frames, so a batch goes out over all phones at once.
         """
         if len(self._outbound) >= OUTBOUND_LIMIT or self.close_reason is not None:
             return False
+        if not self.bucket.try_take(row["segments"], trio.current_time()):
+            return False  # spent meanwhile (a round and a hand-off planned at once): never over the rate
         self._outbound.append(row)
         self._wake_writer()
         self.in_flight[row["message_id"]] = row["segments"]
-        self.bucket.try_take(row["segments"], trio.current_time())
         self._changed()
         return True
 

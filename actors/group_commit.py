@@ -9,6 +9,11 @@ request, and under load batches grow by themselves, so the commit cost is shared
 exception instance, which is raised to that waiter alone (the others still commit). If the
 transaction itself fails, every waiter of the batch gets that error and nothing of the batch
 was committed.
+
+With `prepare`, each batch is first shown to it in the event loop; what it returns is passed
+on, as `write_batch(conn, items, prepared)` and then to `finish(prepared, committed)`, called
+in the event loop once the transaction has ended and before any waiter is answered. (The
+sends committer uses them to hand accepted messages straight to phones: actors/dispatcher.py.)
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class GroupCommitter(Generic[T, R]):
     max_batch: int = 500
     writers: int = 2  # transactions in flight at once: one fills while the other commits
     mailbox_size: int = 4096
+    prepare: Callable[[list], object] | None = None
+    finish: Callable[[object, bool], None] = lambda prepared, committed: None
     batches: int = 0
     items: int = 0
     _send: trio.MemorySendChannel = attrs.field(init=False)
@@ -102,16 +109,25 @@ class GroupCommitter(Generic[T, R]):
 
     async def _commit(self, batch: list[_Pending]) -> None:
         items = [item for pending in batch for item in pending.items]
+        prepared = None
         try:
             # Shielded: once a batch is being written, its waiters must learn the outcome.
             with trio.CancelScope(shield=True):
-                results = await self.store.run(self.write_batch, items)
+                if self.prepare is None:
+                    results = await self.store.run(self.write_batch, items)
+                else:
+                    prepared = self.prepare(items)
+                    results = await self.store.run(self.write_batch, items, prepared)
         except Exception as exc:  # the whole transaction failed: nothing of it was committed
             log.warning("%s: batch of %d failed: %s", self.name, len(items), exc)
+            if prepared is not None:
+                self.finish(prepared, False)
             for pending in batch:
                 pending.error = exc
                 pending.done.set()
             return
+        if self.prepare is not None:
+            self.finish(prepared, True)
         if len(results) != len(items):
             raise AssertionError(f"{self.name}: {len(results)} results for {len(items)} items")
         self.batches += 1

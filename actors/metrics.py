@@ -55,7 +55,8 @@ class NodeMetrics:
         self.messages = Counter("smsgw_messages_total", "Messages by direction and the status they reached",
                                 ["direction", "status"], registry=r)
         self.dispatch_latency = Histogram(
-            "smsgw_dispatch_latency_seconds", "From claiming a queued message to its send_sms frame on the socket",
+            "smsgw_dispatch_latency_seconds",
+            "From claiming a queued message (or accepting one handed straight over) to its send_sms frame on the socket",
             buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("smsgw_queue_depth", "Messages queued and waiting for a gateway", registry=r)
         self.gateways_connected = Gauge("smsgw_gateways_connected",

@@ -85,7 +85,7 @@ class GatewayRegistry:
         registered = self._actors.get(actor.gateway_id) is actor
         room = 0
         if registered and actor.active and actor.close_reason is None and actor.subscribed:
-            room = max(0, actor.window - len(actor.in_flight))
+            room = max(0, actor.window - actor.load)
         self.free += room - actor.room
         actor.room = room
         self._restamp(actor)
@@ -99,7 +99,7 @@ class GatewayRegistry:
         actor.stamp = self._stamps
 
     def _enter(self, actor: GatewayActor) -> None:
-        heapq.heappush(self._ranked, (actor.priority, len(actor.in_flight), actor.gateway_id, actor.stamp))
+        heapq.heappush(self._ranked, (actor.priority, actor.load, actor.gateway_id, actor.stamp))
         if len(self._ranked) > 2 * len(self._actors) + 64:
             self._ranked = [e for e in self._ranked if self._current(e[2], e[3]) is not None]
             heapq.heapify(self._ranked)

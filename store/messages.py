@@ -8,6 +8,7 @@ Reports are idempotent: a repeat, or a late `sent` after `delivered`, changes no
 from __future__ import annotations
 
 import hashlib
+import itertools
 from datetime import datetime
 from typing import Callable, Sequence
 
@@ -46,24 +47,33 @@ class NewMessage:
     send_at: datetime | None = None
 
 
-def insert_outbound(conn: psycopg.Connection, batch: Sequence[NewMessage]) -> list[dict]:
-    """Insert a batch of outbound messages in one statement; return their rows in order."""
-    columns: tuple[list, ...] = ([], [], [], [], [], [], [], [], [], [], [])
-    for m in batch:
-        values = (new_public_id("msg_"), "scheduled" if m.send_at else "queued", m.phone_number, m.body,
-                  m.segments, m.encoding, m.priority, m.reference, m.api_key_id, m.send_at, m.ttl_seconds)
+def insert_outbound(conn: psycopg.Connection, batch: Sequence[NewMessage],
+                    dispatch: Sequence[tuple[int, str] | None] = ()) -> list[dict]:
+    """Insert a batch of outbound messages in one statement; return their rows in order.
+
+    `dispatch` gives, by position, the (gateway_id, lease) a message is handed to at once: it
+    is written dispatched to that connection (as a claim would) instead of queued."""
+    columns: tuple[list, ...] = ([], [], [], [], [], [], [], [], [], [], [], [], [])
+    for m, to in itertools.zip_longest(batch, dispatch[:len(batch)]):
+        to = None if m.send_at else to  # a scheduled message waits for its time
+        status = "scheduled" if m.send_at else "queued" if to is None else "dispatched"
+        gateway_id, lease = to or (None, None)
+        values = (new_public_id("msg_"), status, m.phone_number, m.body, m.segments, m.encoding,
+                  m.priority, m.reference, m.api_key_id, m.send_at, m.ttl_seconds, gateway_id, lease)
         for column, value in zip(columns, values):
             column.append(value)
     rows = conn.execute(
         "INSERT INTO messages (message_id, direction, status, phone_number, body, segments, encoding,"
-        " priority, reference, api_key_id, send_at, expires_at)"
+        " priority, reference, api_key_id, send_at, expires_at, gateway_id, lease, attempts, dispatched_at)"
         " SELECT message_id, 'outbound', status, phone_number, body, segments, encoding, priority,"
-        " reference, api_key_id, send_at, COALESCE(send_at, now()) + make_interval(secs => ttl)"
+        " reference, api_key_id, send_at, COALESCE(send_at, now()) + make_interval(secs => ttl),"
+        " gateway_id, lease, CASE WHEN lease IS NULL THEN 0 ELSE 1 END,"
+        " CASE WHEN lease IS NULL THEN NULL ELSE now() END"
         " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::smallint[], %b::text[],"
-        " %b::smallint[], %b::text[], %b::bigint[], %b::timestamptz[], %b::int[])"
+        " %b::smallint[], %b::text[], %b::bigint[], %b::timestamptz[], %b::int[], %b::bigint[], %b::text[])"
         " WITH ORDINALITY AS t(message_id, status, phone_number, body, segments, encoding, priority,"
-        " reference, api_key_id, send_at, ttl, n) ORDER BY n"
-        f" RETURNING {STATUS_FIELDS}",
+        " reference, api_key_id, send_at, ttl, gateway_id, lease, n) ORDER BY n"
+        f" RETURNING {STATUS_FIELDS}, lease",
         columns,
     ).fetchall()
     order = {m: i for i, m in enumerate(columns[0])}

@@ -15,7 +15,7 @@ import psycopg
 from store import idempotency
 from store.messages import NewMessage, insert_outbound
 
-__all__ = ["SendItem", "write_sends"]
+__all__ = ["SendItem", "handoff_candidates", "write_sends"]
 
 
 @attrs.frozen
@@ -27,11 +27,24 @@ class SendItem:
     request_hash: str = ""
 
 
-def write_sends(conn: psycopg.Connection, items: Sequence[SendItem]) -> list[tuple[dict, int] | Exception]:
+def handoff_candidates(items: Sequence[SendItem]) -> list[tuple[tuple[int, int], int, int]]:
+    """The messages of a batch that are due now, as the dispatcher's `plan_handoff` takes
+    them: ((item index, message index), segments, priority)."""
+    return [((i, j), m.segments, m.priority) for i, item in enumerate(items)
+            for j, m in enumerate(item.messages) if m.send_at is None]
+
+
+def write_sends(conn: psycopg.Connection, items: Sequence[SendItem], handoff=None) -> list[tuple[dict, int] | Exception]:
     """Insert every item's messages in one statement; return each item's (body, status).
 
     An item whose Idempotency-Key was seen gets the stored answer (and inserts nothing), or an
     `IdempotencyConflict` if the body differs; the other items are unaffected.
+
+    With a `handoff` (actors.dispatcher.Handoff, keyed as `handoff_candidates`), the messages it
+    chose a phone for are written dispatched to it; their rows go to `handoff.rows`, and
+    `handoff.queued` tells whether any due message was left queued. Their answer still says
+    `queued`, the status of an accepted message in the API's contract: handing it over in
+    the same transaction is the dispatcher's business, as a claim right after it would be.
     """
     keyed = sorted({(i.key_id, i.idem) for i in items if i.idem is not None})
     for key_id, idem in keyed:  # in one order, so concurrent batches cannot deadlock
@@ -56,11 +69,17 @@ def write_sends(conn: psycopg.Connection, items: Sequence[SendItem]) -> list[tup
                 continue
             seen[(item.key_id, item.idem)] = index
         fresh.append(index)
-    rows = insert_outbound(conn, [m for i in fresh for m in items[i].messages])
+    chosen = handoff.chosen if handoff is not None else {}
+    rows = insert_outbound(conn, [m for i in fresh for m in items[i].messages],
+                           [chosen.get((i, j)) for i in fresh for j in range(len(items[i].messages))] if chosen else ())
+    if handoff is not None:
+        handoff.rows = [row for row in rows if row["status"] == "dispatched"]
+        handoff.queued = any(row["status"] == "queued" for row in rows)
     at = 0
     for index in fresh:
         item = items[index]
-        mine = rows[at:at + len(item.messages)]
+        mine = [{**row, "status": "queued"} if row["status"] == "dispatched" else row
+                for row in rows[at:at + len(item.messages)]]
         at += len(item.messages)
         body, status = item.answer(mine)
         if item.idem is not None:

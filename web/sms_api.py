@@ -95,14 +95,14 @@ async def _accept(item: SendItem) -> tuple[dict, int]:
 
 
 async def accept(node, item: SendItem) -> tuple[dict, int]:
-    """Write through the group committer; 202 only once committed."""
+    """Write through the group committer; 202 only once committed. (The committer hands what
+    it can to phones at once and wakes the dispatcher for the rest: `build_node`.)"""
     try:
         answer, status = await node.sends.submit(item)
     except IdempotencyConflict:
         raise ApiError(409, "Idempotency-Key was already used with a different request body") from None
     except trio.TooSlowError:
         raise ApiError(503, "Service busy: the message was not accepted", headers={"Retry-After": "2"}) from None
-    node.dispatcher.wake()
     if status == 202 and node.metrics is not None:
         counts = collections.Counter(result["status"] for result in answer.get("results", [answer])
                                      if "message_id" in result)
