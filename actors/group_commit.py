@@ -36,6 +36,7 @@ R = TypeVar("R")
 @attrs.define(eq=False)
 class _Pending(Generic[T]):
     items: list[T]
+    deadline: float
     done: trio.Event = attrs.Factory(trio.Event)
     results: list[object] = attrs.Factory(list)
     error: BaseException | None = None
@@ -49,12 +50,14 @@ class GroupCommitter(Generic[T, R]):
     max_batch: int = 500
     writers: int = 2  # transactions in flight at once: one fills while the other commits
     mailbox_size: int = 4096
+    watch_interval: float = 0.5  # how often waiters past their deadline are let go
     prepare: Callable[[list], object] | None = None
     finish: Callable[[object, bool], None] = lambda prepared, committed: None
     batches: int = 0
     items: int = 0
     _send: trio.MemorySendChannel = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel = attrs.field(init=False)
+    _waiting: set[_Pending] = attrs.Factory(set)
 
     def __attrs_post_init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel(self.mailbox_size)
@@ -63,7 +66,7 @@ class GroupCommitter(Generic[T, R]):
         """Write `item` in the next group; return its result once committed.
 
         Raises the item's own error, the batch's error (e.g. `StoreUnavailable`), or
-        `trio.TooSlowError` after `timeout`. If the caller is cancelled after submitting, the
+        `trio.TooSlowError` after about `timeout`. If the caller is cancelled after submitting, the
         item may still be committed (as with any write whose answer was lost).
         """
         [result] = await self.submit_many([item], timeout=timeout)
@@ -80,10 +83,21 @@ class GroupCommitter(Generic[T, R]):
         """
         if not items:
             return []
-        pending = _Pending(list(items))
-        with trio.fail_after(timeout):
-            await self._send.send(pending)  # a full mailbox makes callers wait: back-pressure
+        pending = _Pending(list(items), deadline=trio.current_time() + timeout)
+        try:
+            self._send.send_nowait(pending)
+        except trio.WouldBlock:
+            with trio.move_on_at(pending.deadline) as waited:  # a full mailbox: back-pressure
+                await self._send.send(pending)
+            if waited.cancelled_caught:
+                raise trio.TooSlowError from None
+        # No cancel scope per waiter (they add up at thousands of sends a second): `_watch`
+        # lets go of those past their deadline.
+        self._waiting.add(pending)
+        try:
             await pending.done.wait()
+        finally:
+            self._waiting.discard(pending)
         if pending.error is not None:
             raise pending.error
         return pending.results  # type: ignore[return-value]
@@ -93,7 +107,18 @@ class GroupCommitter(Generic[T, R]):
         async with trio.open_nursery() as nursery:
             for _ in range(self.writers):
                 nursery.start_soon(self._writer)
+            nursery.start_soon(self._watch)
             task_status.started()
+
+    async def _watch(self) -> None:
+        """Every `watch_interval`, a waiter past its deadline gets `trio.TooSlowError` (its
+        items may still be committed later, as with any write whose answer was lost)."""
+        while True:
+            await trio.sleep(self.watch_interval)
+            now = trio.current_time()
+            for pending in [p for p in self._waiting if p.deadline <= now and not p.done.is_set()]:
+                pending.error = trio.TooSlowError()
+                pending.done.set()
 
     async def _writer(self) -> None:
         while True:

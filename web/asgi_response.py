@@ -9,11 +9,14 @@ request gets the head alone. The connection's own headers (`connection`, `transf
 
 from __future__ import annotations
 
+import errno
 import http
+import os
+from typing import Awaitable, Callable
 
 import trio
 
-__all__ = ["AsgiResponse", "REASONS"]
+__all__ = ["AsgiResponse", "REASONS", "send_all_now"]
 
 REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
@@ -23,9 +26,9 @@ class AsgiResponse:
 
     FLUSH_AT = 64 * 1024
 
-    def __init__(self, stream: trio.SocketStream, date: bytes, *, head_only: bool, close: bool,
-                 chunked_ok: bool) -> None:
-        self.stream = stream
+    def __init__(self, write: Callable[[bytes], Awaitable[None]], date: bytes, *, head_only: bool,
+                 close: bool, chunked_ok: bool) -> None:
+        self.write = write  # the connection's: all of the bytes, in order
         self.date = date
         self.head_only = head_only
         self.close = close  # the connection closes after this response
@@ -79,4 +82,20 @@ class AsgiResponse:
         data = b"".join(self.pending)
         self.pending.clear()
         self.pending_size = 0
-        await self.stream.send_all(data)
+        await self.write(data)
+
+
+async def send_all_now(stream: trio.SocketStream, data: bytes) -> None:
+    """`stream.send_all(data)`, but what the socket takes at once is written without a trip
+    through the scheduler (trio yields after every write, a task switch per response); the
+    rest goes the usual way. For a stream one task writes to."""
+    try:
+        sent = os.write(stream.socket.fileno(), data)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            raise trio.ClosedResourceError("the socket was closed") from exc
+        raise trio.BrokenResourceError(f"socket write failed: {exc}") from exc
+    if sent < len(data):
+        await stream.send_all(memoryview(data)[sent:])

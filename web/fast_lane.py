@@ -17,8 +17,10 @@ server shuts down; a request being served is finished first and answered with
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import logging
+import math
 import time
 from typing import Awaitable, Callable
 from urllib.parse import unquote
@@ -33,7 +35,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr
 
-from web.asgi_response import REASONS, AsgiResponse
+from web.asgi_response import REASONS, AsgiResponse, send_all_now
 
 __all__ = ["FastLane"]
 
@@ -81,33 +83,37 @@ class FastLane:
     async def _serve_http(self, stream: trio.SocketStream) -> bytes | None:
         """Serve the connection's HTTP requests; the bytes to hand to Hypercorn with the
         connection, or None once it is done."""
-        try:
-            first = await self.receive_idle(stream)
-            if not first:
-                return None
-            if _asks_upgrade(first):  # a phone's socket: to Hypercorn before any parser is made
-                return first
-            connection = _Connection(self, stream)
+        # One cancel scope for the connection's idle waits, its deadline set while it waits
+        # (`receive_idle`): a scope per read added up at thousands of requests a second.
+        with trio.CancelScope() as idle:
             try:
-                handoff = await connection.serve(first)
-            finally:
-                connection.parser = None  # it and its callbacks (the connection) refer to each other
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return None
-        return handoff
+                first = await self.receive_idle(stream, idle)
+                if not first:
+                    return None
+                if _asks_upgrade(first):  # a phone's socket: to Hypercorn before any parser is made
+                    return first
+                connection = _Connection(self, stream, idle)
+                try:
+                    handoff = await connection.serve(first)
+                finally:
+                    connection.parser = None  # it and its callbacks (the connection) refer to each other
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return None
+            return handoff
+        return None  # idle past keep_alive_timeout, or the server is shutting down
 
-    async def receive_idle(self, stream: trio.SocketStream) -> bytes:
-        """The next bytes of a connection between requests; b"" once `keep_alive_timeout`
-        passed or the server is shutting down."""
+    async def receive_idle(self, stream: trio.SocketStream, idle: trio.CancelScope) -> bytes:
+        """The next bytes of a connection between requests; b"" once the server is shutting
+        down. Past `keep_alive_timeout` (or at shutdown, while waiting) `idle` is cancelled."""
         if self.context.terminated.is_set():
             return b""
-        with trio.move_on_after(self.config.keep_alive_timeout) as scope:
-            self._idle.add(scope)
-            try:
-                return await stream.receive_some(MAX_RECV)
-            finally:
-                self._idle.discard(scope)
-        return b""
+        idle.deadline = trio.current_time() + self.config.keep_alive_timeout
+        self._idle.add(idle)
+        try:
+            return await stream.receive_some(MAX_RECV)
+        finally:
+            self._idle.discard(idle)
+            idle.deadline = math.inf
 
     def date_header(self) -> bytes:
         now = int(time.time())
@@ -119,9 +125,11 @@ class FastLane:
 class _Connection:
     """One client connection: httptools parses, requests run one at a time, in order."""
 
-    def __init__(self, lane: FastLane, stream: trio.SocketStream) -> None:
+    def __init__(self, lane: FastLane, stream: trio.SocketStream, idle: trio.CancelScope) -> None:
         self.lane = lane
         self.stream = stream
+        self.idle = idle  # cancelled when the connection has waited too long for a request
+        self.send_all = functools.partial(send_all_now, stream)
         self.parser = httptools.HttpRequestParser(self)
         self.raw: bytearray | None = bytearray()  # bytes before the first request's head ends
         self.requests: list[_Request] = []
@@ -225,7 +233,7 @@ class _Connection:
             if self.current is not None:  # a request under way: no idle timeout
                 data = await self.stream.receive_some(MAX_RECV)
             else:
-                data = await self.lane.receive_idle(self.stream)
+                data = await self.lane.receive_idle(self.stream, self.idle)
 
     async def _answer_parsed(self) -> bool:
         """Answer the requests parsed so far, in order; False once the connection must close."""
@@ -261,7 +269,7 @@ class _Connection:
             "headers": [(name.lower(), value.strip()) for name, value in request.raw_headers],
             "client": self.client, "server": self.server, "state": self.lane.state.copy(), "extensions": {},
         }
-        response = AsgiResponse(self.stream, self.lane.date_header(), head_only=scope["method"] == "HEAD",
+        response = AsgiResponse(self.send_all, self.lane.date_header(), head_only=scope["method"] == "HEAD",
                                 close=close, chunked_ok=request.http_version == "1.1")
         body = b"".join(request.body)
         delivered = False

@@ -119,3 +119,40 @@ async def test_submit_many_answers_each_item_in_order_beside_single_submits(data
     assert len(stored) == sum(range(1, 12)) + 1
     for g, results in groups.items():
         assert [stored[body["message_id"]] for body, _ in results] == [f"g{g}-{i}" for i in range(g)]
+
+
+async def test_a_waiter_past_its_deadline_gets_too_slow_and_a_full_mailbox_makes_callers_wait(database_url):
+    clean(database_url)
+
+    def slow(conn, items):
+        conn.execute("SELECT pg_sleep(1.5)")
+        return write_sends(conn, items)
+
+    async with open_store(database_url) as store:
+        committer = GroupCommitter(store=store, write_batch=slow, writers=1, mailbox_size=1, watch_interval=0.05)
+        outcomes = {}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(committer.run)
+            await trio.sleep(0)
+
+            async def one(name, delay):
+                await trio.sleep(delay)
+                began = trio.current_time()
+                try:
+                    await committer.submit(item(body=name), timeout=0.3)
+                    outcomes[name] = "committed"
+                except trio.TooSlowError:
+                    outcomes[name] = round(trio.current_time() - began, 1)
+
+            async with trio.open_nursery() as senders:
+                senders.start_soon(one, "written", 0)     # the writer takes it, then sleeps 1.5 s
+                senders.start_soon(one, "in mailbox", 0.1)
+                senders.start_soon(one, "mailbox full", 0.2)
+            await trio.sleep(3.2)  # both batches that were taken are written meanwhile
+            nursery.cancel_scope.cancel()
+    # each let go at its deadline (within a watch interval), whether written or waiting
+    assert outcomes == {"written": 0.3, "in mailbox": 0.3, "mailbox full": 0.3}, outcomes
+    assert not committer._waiting
+    # what was taken was still committed (an answer lost, as with any write whose answer was
+    # lost); what never got into the mailbox was not
+    assert sql(database_url, "SELECT count(*) AS n FROM messages")[0]["n"] == 2

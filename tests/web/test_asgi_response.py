@@ -19,7 +19,7 @@ class Recorder:
 async def respond(messages: list[dict], **options) -> tuple[list[bytes], AsgiResponse]:
     stream = Recorder()
     options = {"head_only": False, "close": False, "chunked_ok": True, **options}
-    response = AsgiResponse(stream, DATE, **options)
+    response = AsgiResponse(stream.send_all, DATE, **options)
     for message in messages:
         await response.send(message)
     return stream.writes, response
@@ -83,3 +83,48 @@ async def test_messages_out_of_turn_are_ignored():
                                       body(b"ok"), body(b"after the end")])
     assert writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ndate: " + DATE + b"\r\n\r\nok"]
     assert response.finished
+
+
+async def _socket_pair():
+    import socket
+
+    import trio
+
+    a, b = socket.socketpair()
+    return trio.SocketStream(trio.socket.from_stdlib_socket(a)), trio.SocketStream(trio.socket.from_stdlib_socket(b))
+
+
+async def test_send_all_now_writes_everything_in_order_even_past_the_socket_buffer():
+    import trio
+
+    from web.asgi_response import send_all_now
+
+    ours, theirs = await _socket_pair()
+    data = bytes(range(256)) * 40_000  # 10 MB: far more than the socket takes at once
+    got = bytearray()
+
+    async def read():
+        while len(got) < 5 + len(data):
+            got.extend(await theirs.receive_some(1 << 16))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await send_all_now(ours, b"head ")
+        await send_all_now(ours, data[:len(data) - 5])
+        await send_all_now(ours, data[len(data) - 5:])
+    assert bytes(got) == b"head " + data
+
+
+async def test_send_all_now_raises_trio_errors_for_a_gone_peer_or_a_closed_socket():
+    import trio
+
+    from web.asgi_response import send_all_now
+
+    ours, theirs = await _socket_pair()
+    await theirs.aclose()
+    with pytest.raises(trio.BrokenResourceError):
+        for _ in range(3):  # the first write may still be taken
+            await send_all_now(ours, b"x" * 1000)
+    await ours.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await send_all_now(ours, b"x")
