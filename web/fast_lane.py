@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import math
+import os
 import time
 from typing import Awaitable, Callable
 from urllib.parse import unquote
@@ -29,7 +30,7 @@ import attrs
 import httptools
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Closed, RawData
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
@@ -335,6 +336,23 @@ class _HandedOver(TCPServer):
     def __init__(self, *args, prefix: bytes) -> None:
         super().__init__(*args)
         self._prefix = prefix
+
+    async def protocol_send(self, event: Event) -> None:
+        # The bytes of a frame go out with os.write when no write is under way and the socket
+        # takes them (trio's send_all yields after every write: a task switch per frame); the
+        # rest, or an error, goes Hypercorn's way, shielded like its own writes.
+        if isinstance(event, RawData) and not self.send_lock.locked():
+            data = event.data
+            try:
+                sent = os.write(self.stream.socket.fileno(), data)
+            except OSError:  # full (BlockingIOError), or gone: Hypercorn's send meets it
+                sent = 0
+            if sent == len(data):
+                return
+            with trio.CancelScope(shield=True):  # a frame begun is finished
+                await super().protocol_send(RawData(data[sent:]))
+            return
+        await super().protocol_send(event)
 
     async def _read_data(self) -> None:
         # Hypercorn's own loop (0.18.0), with the bytes already read handled first. Written out

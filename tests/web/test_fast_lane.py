@@ -301,3 +301,45 @@ async def test_random_bytes_and_mangled_requests_never_break_the_server(server):
     r = await server.http.post("/api/v1/sms/send", json={"to": "+14155552671", "message": "still here"},
                                headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 202
+
+
+async def test_a_handed_over_connection_writes_each_frame_whole_and_in_order_past_a_full_socket():
+    """`_HandedOver.protocol_send`: os.write while no write is under way, Hypercorn's locked
+    send_all for the rest. Two writers at once, payloads far larger than the socket takes, a
+    reader that keeps pausing: every payload arrives whole, each writer's in order."""
+    import socket
+
+    from hypercorn.config import Config
+    from hypercorn.events import RawData
+    from hypercorn.trio.worker_context import WorkerContext
+
+    from web.fast_lane import _HandedOver
+
+    a, b = socket.socketpair()
+    ours = trio.SocketStream(trio.socket.from_stdlib_socket(a))
+    theirs = trio.SocketStream(trio.socket.from_stdlib_socket(b))
+    server = _HandedOver(None, Config(), WorkerContext(None), {}, ours, prefix=b"")
+    payloads = {w: [bytes([65 + w]) * random.choice((10, 3_000, 400_000)) + b"|" for _ in range(30)] for w in (0, 1)}
+    expected = sum(len(p) for ps in payloads.values() for p in ps)
+    got = bytearray()
+
+    async def writer(w):
+        for payload in payloads[w]:
+            await server.protocol_send(RawData(data=payload))
+            await trio.sleep(0)
+
+    async def reader():
+        while len(got) < expected:
+            got.extend(await theirs.receive_some(random.choice((1_000, 65_536))))
+            if random.random() < 0.1:
+                await trio.sleep(0.001)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        nursery.start_soon(writer, 0)
+        nursery.start_soon(writer, 1)
+    pieces = bytes(got).split(b"|")[:-1]
+    for w in (0, 1):
+        mine = [p + b"|" for p in pieces if p[:1] == bytes([65 + w])]
+        assert mine == payloads[w]
+    assert all(len(set(p)) == 1 for p in pieces)  # no payload interleaved with another
