@@ -29,6 +29,7 @@ tests/browser/node_modules: tests/browser/package-lock.json
 
 bench: install
 	$(PY) -m bench.run
+	$(PY) -m bench.steady --rates 250,500,1000 --seconds 60 --results bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) var

@@ -6,7 +6,9 @@ schedule does not wait for slow answers beyond the senders' own concurrency); me
 backlog (queued + dispatched messages) is sampled every second. Reported per rate: offered and
 accepted/s, delivered/s over the window, the backlog's slope (messages/s it grows by; about 0
 means it keeps up), and p50/p99 from each 202 to its `send_sms` on a phone's socket.
-`python -m bench.steady [--rates 250,500,1000] [--seconds 60]` prints the figures as JSON.
+`python -m bench.steady [--rates 250,500,1000] [--seconds 60]` prints the figures as JSON;
+with `--results PATH` it also appends them to that file as a section (`make bench` does, to
+bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from pathlib import Path
 import psycopg
 import trio
 
-from bench.harness import (create_client_key, create_database, drop_database, match_latencies, running_fleet,
+from bench.harness import (ADMIN_URL, create_client_key, create_database, drop_database, match_latencies, running_fleet,
                            running_server, server_env)
 from bench.senders import send_messages
+from bench.report import append_results, machine_facts
 from bench.run import least_squares_slope
 
 __all__ = ["main"]
@@ -93,6 +96,34 @@ def _backlog(dsn: str) -> int:
         return conn.execute("SELECT count(*) FROM messages WHERE status IN ('queued', 'dispatched')").fetchone()[0]
 
 
+def results_section(opts, results: list[dict], machine: dict) -> str:
+    """The run as a RESULTS.md section: one row per offered rate, and whether each held the
+    steady-load goal (no growing backlog, p99 from 202 to the socket under 50 ms)."""
+    m = machine
+    lines = [
+        f"## {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC — steady load, open loop"
+        f" (`python -m bench.steady --rates {','.join(f'{r:g}' for r in opts.rates)} --seconds {opts.seconds:g}`)",
+        "",
+        f"Machine: {m['nproc']} × {m['cpu']}, Linux {m['kernel']}, Python {m['python']}, PostgreSQL "
+        f"{m['postgresql']}; commit {m['commit']}. Server: {opts.workers} process(es), rate limits off; "
+        f"{opts.gateways} simulated phones and {opts.concurrency} senders in their own processes on the same cores.",
+        "",
+        "| offered/s | accepted/s | delivered/s | backlog start → end | backlog growth/s | p50 / p99 202 → socket | errors | held |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        p99 = r["p99_accept_to_socket_ms"]
+        growth = r["backlog_growth_per_s"]
+        # "No growing backlog": it grows by under 1 % of the offered rate a second.
+        held = (p99 is not None and p99 < 50 and growth is not None and growth < 0.01 * r["offered_per_s"]
+                and not r["errors"])
+        lines.append(
+            f"| {r['offered_per_s']:,.0f} | {r['accepted_per_s']:,.1f} | {r['delivered_per_s_in_window']:,.1f} | "
+            f"{r['backlog_start']} → {r['backlog_end']} | {growth} | {r['p50_accept_to_socket_ms']} / {p99} ms | "
+            f"{sum(r['errors'].values()) or 'none'} | {'yes' if held else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.steady")
     p.add_argument("--rates", default="250,500,1000", help="comma list of messages/s to offer")
@@ -100,9 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateways", type=int, default=200)
     p.add_argument("--concurrency", type=int, default=128)
     p.add_argument("--workers", type=int, default=1, help="server processes (`smsgw serve --workers`)")
+    p.add_argument("--results", help="append the figures to this file (RESULTS.md) as a section")
     opts = p.parse_args(argv)
     opts.rates = [float(r) for r in opts.rates.split(",")]
-    print(json.dumps(trio.run(measure, opts), indent=2))
+    results = trio.run(measure, opts)
+    print(json.dumps(results, indent=2))
+    if opts.results:
+        append_results(Path(opts.results), results_section(opts, results, machine_facts(ADMIN_URL)))
     return 0
 
 
