@@ -63,10 +63,12 @@ def heartbeat(conn: psycopg.Connection, gateway_id: int, *, battery_level: int |
 def record_heartbeats(conn: psycopg.Connection, health: dict[int, tuple[int | None, int | None, int | None]]) -> int:
     """Record gateways' heartbeats (gateway id -> battery, signal, queue; None keeps the stored
     value) in one statement, marking them online; return how many rows it changed. Several
-    rows are locked in id order first, the order the report path takes: no lock cycles."""
+    rows are locked in id order first, the order the report path takes: no lock cycles. (FOR NO
+    KEY UPDATE, the lock the UPDATE itself takes: FOR UPDATE would also hold up every insert of a
+    message handed to one of these phones, whose foreign key checks the row with KEY SHARE.)"""
     ids = sorted(health)
     if len(ids) > 1:
-        conn.execute("SELECT 1 FROM gateways WHERE id = ANY(%b::bigint[]) ORDER BY id FOR UPDATE", (ids,))
+        conn.execute("SELECT 1 FROM gateways WHERE id = ANY(%b::bigint[]) ORDER BY id FOR NO KEY UPDATE", (ids,))
     return conn.execute(
         "UPDATE gateways g SET status = 'online', last_heartbeat_at = now(), updated_at = now(),"
         " battery_level = COALESCE(h.battery, g.battery_level),"
@@ -174,7 +176,7 @@ def _set_status(conn: psycopg.Connection, gateway_id: int, status: str) -> str |
     stamp = ", last_heartbeat_at = now()" if status == "online" else ""
     row = conn.execute(
         f"UPDATE gateways g SET status = %s{stamp}, updated_at = now()"
-        " FROM (SELECT status FROM gateways WHERE id = %s FOR UPDATE) old WHERE g.id = %s"
+        " FROM (SELECT status FROM gateways WHERE id = %s FOR NO KEY UPDATE) old WHERE g.id = %s"
         " RETURNING old.status",
         (status, gateway_id, gateway_id),
     ).fetchone()
