@@ -148,6 +148,7 @@ def build_node(settings: Settings, store) -> Node:
     otp = OtpActor.create(store=store, settings=settings, clock=node.clock, wake_dispatcher=dispatcher.wake)
     node.otp = otp
     otp.metrics = node.metrics
+    otp.plan_handoff, otp.finish_handoff = dispatcher.plan_handoff, dispatcher.finish_handoff
     node.extra_actors.append(("otp", otp))
     webhooks = WebhookActor(store=store, concurrency=settings.webhook_concurrency,
                             timeout=settings.webhook_timeout_seconds, now=node.clock.now)

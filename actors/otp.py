@@ -79,6 +79,10 @@ class OtpActor:
     per_key_per_hour: int = 100            # 0: no per-key limit
     concurrency: int = 4
     metrics: object = None                 # actors.metrics.NodeMetrics, when the node has one
+    # The dispatcher's hand-off (Dispatcher.plan_handoff, finish_handoff), when the node has
+    # one: a code's SMS goes straight to a phone with room, written dispatched by its transaction.
+    plan_handoff: Callable | None = None
+    finish_handoff: Callable | None = None
 
     @classmethod
     def create(cls, *, store: Store, settings, clock: WallClock, wake_dispatcher: Callable[[], None]) -> "OtpActor":
@@ -174,12 +178,23 @@ class OtpActor:
                              encoding=seg.encoding, api_key_id=request.api_key_id,
                              ttl_seconds=request.expiry_minutes * 60, priority=0)
         now = self.clock.now()
-        outcome = await self.store.run(
-            otp_store.issue, code_hash=code_digest(self.secret, request.phone_number, request.purpose, code),
-            purpose=request.purpose, message=message, now=now,
-            expires_at=now + timedelta(minutes=request.expiry_minutes),
-            per_phone=self.per_phone_per_hour, per_key=self.per_key_per_hour)
-        if isinstance(outcome, Issued):
+        handoff = None
+        if self.plan_handoff is not None:
+            handoff = self.plan_handoff([(0, message.segments, message.priority)])
+        committed = False
+        try:
+            # Shielded with a hand-off: a message written dispatched to a phone is handed to it.
+            with trio.CancelScope(shield=handoff is not None):
+                outcome = await self.store.run(
+                    otp_store.issue, code_hash=code_digest(self.secret, request.phone_number, request.purpose, code),
+                    purpose=request.purpose, message=message, now=now,
+                    expires_at=now + timedelta(minutes=request.expiry_minutes),
+                    per_phone=self.per_phone_per_hour, per_key=self.per_key_per_hour, handoff=handoff)
+            committed = True
+        finally:
+            if handoff is not None:
+                self.finish_handoff(handoff, committed)  # hands it over, or wakes a round if it queued
+        if isinstance(outcome, Issued) and handoff is None:
             self.wake_dispatcher()
         return outcome
 

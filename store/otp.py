@@ -50,14 +50,19 @@ class Checked:
 
 
 def issue(conn: psycopg.Connection, *, code_hash: str, purpose: str, message: NewMessage, now: datetime,
-          expires_at: datetime, per_phone: int, per_key: int) -> Issued | Limited:
+          expires_at: datetime, per_phone: int, per_key: int, handoff=None) -> Issued | Limited:
     """Record a new code and queue its SMS, unless a rolling-hour limit refuses it.
+
+    With a `handoff` (actors.dispatcher.Handoff, key 0) that chose a phone, the SMS is written
+    dispatched to it instead, and its row goes to `handoff.rows` (as `store.sends.write_sends`).
 
     In one transaction: wait for this phone's lock (and the key's, when `per_key` > 0), count
     the sends of the last hour, mark the phone's open code for `purpose` superseded, insert
     the message, the code and the send, and bump `otp_sent`. A limit of 0 means none.
     """
     phone, key_id = message.phone_number, message.api_key_id
+    if handoff is not None:  # (a try rolled back and run again starts afresh)
+        handoff.rows, handoff.queued = [], False
     conn.execute("SELECT pg_advisory_xact_lock(%s::int, hashtext(%s))", (_PHONE_LOCK, phone))
     wait = _limit_wait(conn, "phone_number", phone, per_phone, now)
     if wait is not None:
@@ -72,7 +77,11 @@ def issue(conn: psycopg.Connection, *, code_hash: str, purpose: str, message: Ne
         " AND api_key_id IS NOT DISTINCT FROM %s AND verified_at IS NULL AND superseded_at IS NULL",
         (now, phone, purpose, key_id),
     )
-    row = insert_outbound(conn, [message])[0]
+    to = handoff.chosen.get(0) if handoff is not None else None
+    row = insert_outbound(conn, [message], [to] if to is not None else ())[0]
+    if handoff is not None:
+        handoff.rows = [row] if row["status"] == "dispatched" else []
+        handoff.queued = row["status"] == "queued"
     conn.execute(
         "INSERT INTO otp_codes (phone_number, purpose, code_hash, api_key_id, message_id, expires_at, created_at)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s)",

@@ -194,3 +194,20 @@ async def test_while_older_messages_wait_for_room_nothing_is_handed_over(databas
             actor.settled(*actor.in_flight)
             await dispatcher.dispatch_round()
         assert dispatcher.handing_off  # every waiting message placed: hand-offs again
+
+
+async def test_an_otp_code_goes_straight_to_a_phone_with_room(server):
+    key = server.client_key("otp")
+    async with phone(server, await server.register("dev-1")) as p:
+        await wait_for(lambda: server.node.dispatcher.handing_off)
+        r = await server.http.post("/api/v1/otp/send", json={"phone_number": "+14155552671"}, headers=bearer(key))
+        assert r.status_code == 200, r.text
+        sms = await p.next_sms()
+        assert sms["message_id"] == r.json()["message_id"] and sms["priority"] == "high"
+        row = _row(server, sms["message_id"])
+        assert row["dispatched_at"] == row["created_at"] and server.node.gateways.get(1).reserved == 0
+        # a refused send (the phone's hourly limit) holds nothing
+        server.node.otp.per_phone_per_hour = 1
+        r = await server.http.post("/api/v1/otp/send", json={"phone_number": "+14155552671"}, headers=bearer(key))
+        assert r.status_code == 429
+        assert server.node.gateways.get(1).reserved == 0
