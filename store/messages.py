@@ -8,7 +8,6 @@ Reports are idempotent: a repeat, or a late `sent` after `delivered`, changes no
 from __future__ import annotations
 
 import hashlib
-import itertools
 from datetime import datetime
 from typing import Callable, Sequence
 
@@ -54,7 +53,7 @@ def insert_outbound(conn: psycopg.Connection, batch: Sequence[NewMessage],
     `dispatch` gives, by position, the (gateway_id, lease) a message is handed to at once: it
     is written dispatched to that connection (as a claim would) instead of queued."""
     columns: tuple[list, ...] = ([], [], [], [], [], [], [], [], [], [], [], [], [])
-    for m, to in itertools.zip_longest(batch, dispatch[:len(batch)]):
+    for m, to in zip(batch, dispatch or [None] * len(batch), strict=True):
         to = None if m.send_at else to  # a scheduled message waits for its time
         status = "scheduled" if m.send_at else "queued" if to is None else "dispatched"
         gateway_id, lease = to or (None, None)
